@@ -1,0 +1,60 @@
+"""bosun's exception hierarchy.
+
+Every error a user can cause says what was wrong and how to fix it. Library errors
+(SQLAlchemy, pydantic, OSError from git) are translated into these at the boundary::
+
+    BosunError
+    ├── ConfigError          bosun.toml is missing, malformed, or invalid
+    ├── InputError           a task, id, or argument given by a user is invalid
+    ├── NotFound             a task / run / host that does not exist
+    ├── InvalidTransition    a task state change the lifecycle does not allow
+    ├── StoreError           the database could not be opened or migrated
+    ├── WorkspaceError       git could not prepare, commit or clean a worktree
+    └── ProviderError        a command could not be launched or followed on a host
+"""
+
+from __future__ import annotations
+
+
+class BosunError(Exception):
+    """Base of every error bosun raises on purpose.
+
+    ``message`` says what went wrong; ``hint`` (optional) says how to fix it.
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message}\n  fix: {hint}")
+
+
+class ConfigError(BosunError):
+    """bosun.toml is missing, unreadable or invalid."""
+
+
+class InputError(BosunError):
+    """A task, id or argument given by a user is invalid."""
+
+
+class NotFound(BosunError):
+    """A task, run or host that does not exist."""
+
+
+class InvalidTransition(BosunError):
+    """A task state change that the lifecycle table does not allow."""
+
+
+class StoreError(BosunError):
+    """The database could not be opened, migrated or written."""
+
+
+class WorkspaceError(BosunError):
+    """git could not prepare, commit or clean up a worktree."""
+
+
+class ProviderError(BosunError):
+    """A command could not be launched, followed or cancelled on a host."""
+
+
+class LeaseLost(BosunError):
+    """This dispatcher no longer holds the lease on a task (another one took it over)."""
