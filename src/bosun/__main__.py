@@ -1,0 +1,5 @@
+"""``python -m bosun``."""
+
+from bosun.cli import main
+
+main()

@@ -1,0 +1,429 @@
+"""The ``bosun`` command line (Typer + Rich).
+
+Every read command takes ``--json`` and then prints machine-readable output only. Errors
+print ``error: ...`` and ``fix: ...`` on stderr and exit with 2 (bad input or config),
+3 (not found) or 1 (anything else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bosun.config import Settings, load_settings, write_init
+from bosun.errors import BosunError, ConfigError, InputError, InvalidTransition, NotFound
+from bosun.models import Event, Task, TaskSpec, TaskStatus
+from bosun.service import Service, dispatch_mode, make_providers
+from bosun.store.base import TaskFilter
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="bosun",
+    help="Orchestrate AI coding agents: one task, one agent, one worktree, one branch.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar="BOSUN_CONFIG", help="Path to bosun.toml."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _exit_code(exc: BosunError) -> int:
+    if isinstance(exc, NotFound):
+        return 3
+    if isinstance(exc, ConfigError | InputError | InvalidTransition):
+        return 2
+    return 1
+
+
+def _run(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run an async command body; turn bosun errors into a clear message and exit code."""
+    try:
+        return asyncio.run(fn())  # type: ignore[arg-type]
+    except BosunError as exc:
+        err.print(f"[bold red]error:[/] {exc.message}", markup=True)
+        if exc.hint:
+            err.print(f"  [bold]fix:[/] {exc.hint}", markup=True)
+        raise typer.Exit(_exit_code(exc)) from None
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except BosunError as exc:
+        err.print(f"[bold red]error:[/] {exc.message}")
+        if exc.hint:
+            err.print(f"  [bold]fix:[/] {exc.hint}")
+        raise typer.Exit(_exit_code(exc)) from None
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+STATUS_STYLE = {
+    TaskStatus.QUEUED: "cyan",
+    TaskStatus.RUNNING: "bold yellow",
+    TaskStatus.REVIEW_PENDING: "magenta",
+    TaskStatus.COMPLETED: "bold green",
+    TaskStatus.FAILED: "bold red",
+    TaskStatus.CANCELLED: "dim",
+    TaskStatus.PAUSED: "blue",
+    TaskStatus.NEEDS_INPUT: "bold magenta",
+    TaskStatus.BLOCKED: "dim cyan",
+    TaskStatus.REWORK: "yellow",
+}
+
+
+def task_table(tasks: list[Task], *, title: str | None = None) -> Table:
+    table = Table(title=title, show_lines=False)
+    for col in ("id", "status", "title", "agent", "host", "branch", "try", "tokens", "cost"):
+        table.add_column(col, overflow="fold")
+    for t in tasks:
+        style = STATUS_STYLE.get(t.status, "")
+        table.add_row(
+            str(t.id), f"[{style}]{t.status.value}[/]", t.title, t.agent, t.assigned_host or "",
+            t.branch or "", f"{t.attempt}/{t.max_attempts}", str(t.tokens_in + t.tokens_out),
+            f"${t.cost_usd:.4f}" if t.cost_usd else "",
+        )
+    return table
+
+
+# -- commands ------------------------------------------------------------------------------
+@app.command()
+def init(
+    path: Annotated[Path, typer.Option(help="Where to write the file.")] = Path("bosun.toml"),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented bosun.toml to start from."""
+    try:
+        write_init(path, force=force)
+    except BosunError as exc:
+        err.print(f"[bold red]error:[/] {exc.message}")
+        if exc.hint:
+            err.print(f"  [bold]fix:[/] {exc.hint}")
+        raise typer.Exit(_exit_code(exc)) from None
+    out.print(f"wrote {path}; edit it, then: bosun submit --title ... && bosun run")
+
+
+@app.command()
+def submit(
+    title: Annotated[str, typer.Option(help="A short title (also names the branch).")],
+    config: ConfigOpt = None,
+    repo: Annotated[str | None, typer.Option(help="Repo name from bosun.toml.")] = None,
+    agent: Annotated[str, typer.Option(help="Agent name.")] = "echo",
+    body: Annotated[str, typer.Option(help="The task text (Markdown).")] = "",
+    body_file: Annotated[
+        Path | None, typer.Option("--body-file", help="Read the body from a file ('-': stdin).")
+    ] = None,
+    constraint: Annotated[list[str] | None, typer.Option(help="A constraint (repeatable).")] = None,
+    validation: Annotated[list[str] | None, typer.Option(help="A check (repeatable).")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="A label (repeatable).")] = None,
+    scope: Annotated[list[str] | None, typer.Option(help="A path the task may change (repeatable).")] = None,
+    depends_on: Annotated[list[int] | None, typer.Option("--depends-on", help="A task id this one waits for.")] = None,
+    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    base_branch: Annotated[str | None, typer.Option("--base-branch", help="Branch to start from.")] = None,
+    host: Annotated[str | None, typer.Option(help="Pin the task to one host.")] = None,
+    mode: Annotated[str, typer.Option(help="dispatch or http_pull.")] = "dispatch",
+    max_attempts: Annotated[int | None, typer.Option("--max-attempts")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Queue a task."""
+    settings = _settings(config)
+    if body_file is not None:
+        try:
+            text = sys.stdin.read() if str(body_file) == "-" else body_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            err.print(f"[bold red]error:[/] cannot read --body-file {body_file}: {exc}")
+            raise typer.Exit(2) from None
+        body = f"{body}\n\n{text}" if body else text
+
+    async def go() -> Task:
+        spec = TaskSpec(
+            title=title, body=body, repo=repo, agent=agent, base_branch=base_branch,
+            constraints=tuple(constraint or ()), validation=tuple(validation or ()),
+            labels=tuple(label or ()), priority=priority, scope=tuple(scope or ()),
+            depends_on=tuple(depends_on or ()), execution_mode=dispatch_mode(mode), host=host,
+            max_attempts=max_attempts,
+        )
+        async with await Service.open(settings) as svc:
+            return await svc.submit(spec)
+
+    task = _run(go)
+    if as_json:
+        _print_json(task.to_json())
+    else:
+        out.print(f"task {task.id} {task.status.value}: {task.title}")
+
+
+def _status_filter(status: list[str] | None) -> frozenset[TaskStatus] | None:
+    if not status:
+        return None
+    try:
+        return frozenset(TaskStatus(s) for s in status)
+    except ValueError:
+        raise InputError(f"unknown status in {status}",
+                         "use: " + ", ".join(s.value for s in TaskStatus)) from None
+
+
+@app.command("ls")
+def ls_(
+    config: ConfigOpt = None,
+    status: Annotated[list[str] | None, typer.Option(help="Only these statuses (repeatable).")] = None,
+    repo: Annotated[str | None, typer.Option()] = None,
+    agent: Annotated[str | None, typer.Option()] = None,
+    label: Annotated[str | None, typer.Option()] = None,
+    after: Annotated[int | None, typer.Option(help="Only ids greater than this (paging).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """List tasks."""
+    settings = _settings(config)
+
+    async def go() -> list[Task]:
+        flt = TaskFilter(statuses=_status_filter(status), repo=repo, agent=agent, label=label,
+                         after_id=after, limit=limit)
+        async with await Service.open(settings) as svc:
+            return await svc.list_tasks(flt)
+
+    tasks = _run(go)
+    if as_json:
+        _print_json([t.to_json() for t in tasks])
+    else:
+        out.print(task_table(tasks))
+
+
+@app.command()
+def show(task_id: int, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one task and its runs."""
+    settings = _settings(config)
+
+    async def go() -> dict[str, Any]:
+        async with await Service.open(settings) as svc:
+            task = await svc.get(task_id)
+            runs = await svc.runs(task_id)
+            return {**task.to_json(), "runs": [r.to_json() for r in runs]}
+
+    data = _run(go)
+    if as_json:
+        _print_json(data)
+        return
+    for key in ("id", "title", "status", "repo", "agent", "branch", "assigned_host", "attempt",
+                "max_attempts", "session_id", "result_summary", "error", "error_kind", "tokens",
+                "cost_usd", "commits", "depends_on", "scope", "labels", "priority", "created_at",
+                "updated_at", "last_activity_at"):
+        value = data[key]
+        if value in (None, [], ""):
+            continue
+        out.print(f"[bold]{key:>16}[/]: {', '.join(map(str, value)) if isinstance(value, list) else value}")
+    for run in data["runs"]:
+        out.print(f"[dim]  run {run['id']}: attempt {run['attempt']} on {run['host']} "
+                  f"{run['status']} exit={run['exit_code']} {run['error'] or ''}[/]")
+
+
+def format_event(ev: Event) -> str | None:
+    """A human line for an event, or None to skip it in plain logs."""
+    d = ev.data
+    if ev.kind == "run.output":
+        return str(d.get("line", "")) if d.get("stream") != "stderr" else f"[stderr] {d.get('line', '')}"
+    if ev.kind == "task.status":
+        reason = f" ({d['reason']})" if d.get("reason") else ""
+        return f"--- {d.get('from') or 'new'} -> {d.get('to')}{reason}"
+    if ev.kind == "run.started":
+        return f"--- run {d.get('run_id')} started on {d.get('host')} (attempt {d.get('attempt')})"
+    if ev.kind == "run.finished":
+        return f"--- run {d.get('run_id')} finished: exit {d.get('exit_code')}" + (
+            f", {d['error']}" if d.get("error") else "")
+    if ev.kind.startswith("agent.") and ev.kind != "agent.output":
+        return f"[{ev.kind[6:]}] {d.get('text', '')}"
+    return None
+
+
+@app.command()
+def logs(
+    task_id: int,
+    config: ConfigOpt = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the task settles.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a task's output and events (every line once, in order)."""
+    settings = _settings(config)
+
+    async def go() -> None:
+        async with await Service.open(settings) as svc:
+            if follow:
+                async for ev in svc.follow(task_id):
+                    _emit(ev, as_json)
+                return
+            cursor = 0
+            while batch := await svc.events(task_id, cursor):
+                for ev in batch:
+                    _emit(ev, as_json)
+                cursor = batch[-1].id
+
+    _run(go)
+
+
+def _emit(ev: Event, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(ev.to_json(), sort_keys=True) + "\n")
+    else:
+        line = format_event(ev)
+        if line is not None:
+            sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+@app.command()
+def cancel(task_id: int, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Cancel a task (a running agent's whole process group is killed)."""
+    settings = _settings(config)
+
+    async def go() -> Task:
+        async with await Service.open(settings) as svc:
+            return await svc.cancel(task_id)
+
+    task = _run(go)
+    _print_json(task.to_json()) if as_json else out.print(f"task {task.id} cancelled")
+
+
+@app.command()
+def retry(task_id: int, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Queue a failed or cancelled task again."""
+    settings = _settings(config)
+
+    async def go() -> Task:
+        async with await Service.open(settings) as svc:
+            return await svc.retry(task_id)
+
+    task = _run(go)
+    _print_json(task.to_json()) if as_json else out.print(f"task {task.id} queued again")
+
+
+@app.command()
+def hosts(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """List hosts with their caps and load."""
+    settings = _settings(config)
+
+    async def go() -> list[dict[str, Any]]:
+        async with await Service.open(settings) as svc:
+            return [h.to_json() for h in await svc.hosts()]
+
+    rows = _run(go)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table()
+    for col in ("name", "kind", "enabled", "healthy", "running", "agents", "labels"):
+        table.add_column(col)
+    for h in rows:
+        table.add_row(h["name"], h["kind"], str(h["enabled"]), str(h["healthy"]),
+                      f"{h['running']}/{h['max_concurrent']}", ", ".join(h["agents"]),
+                      ", ".join(h["labels"]))
+    out.print(table)
+
+
+async def _dispatch(settings: Settings, *, burst: bool, quiet: bool) -> None:
+    from bosun.dispatcher import Dispatcher
+
+    async with await Service.open(settings) as svc:
+        stop = asyncio.Event()
+        if not burst:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+        start = await svc.store.events_since(0, limit=1)  # noqa: F841 - warm the connection
+        reporter = None if quiet else asyncio.create_task(_report(svc, stop))
+        dispatcher = Dispatcher(settings, svc.store, make_providers(settings))
+        try:
+            await dispatcher.run(burst=burst, stop=stop)
+        finally:
+            if reporter is not None:
+                await asyncio.sleep(0)
+                reporter.cancel()
+                await asyncio.gather(reporter, return_exceptions=True)
+                await _drain_report(svc)
+
+
+_report_cursor = 0
+
+
+async def _report(svc: Service, stop: asyncio.Event) -> None:
+    global _report_cursor
+    evs = await svc.store.events_since(0, limit=1)
+    latest = await _latest_cursor(svc)
+    _report_cursor = latest
+    del evs
+    while not stop.is_set():
+        await _drain_report(svc)
+        await svc.store.wait_for_change(0.5)
+
+
+async def _latest_cursor(svc: Service) -> int:
+    cursor = 0
+    while batch := await svc.store.events_since(cursor, limit=5000):
+        cursor = batch[-1].id
+    return cursor
+
+
+async def _drain_report(svc: Service) -> None:
+    global _report_cursor
+    while batch := await svc.store.events_since(_report_cursor, limit=1000):
+        for ev in batch:
+            _report_cursor = ev.id
+            if ev.kind == "task.status":
+                d = ev.data
+                reason = f" ({d['reason']})" if d.get("reason") else ""
+                out.print(f"task {ev.task_id}: {d.get('from') or 'new'} -> {d.get('to')}{reason}")
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Dispatch until no runnable task is left (burst mode), then exit."""
+    settings = _settings(config)
+    _run(lambda: _dispatch(settings, burst=True, quiet=quiet))
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Keep dispatching until SIGINT or SIGTERM; running agents keep running and are
+    re-attached by the next bosun."""
+    settings = _settings(config)
+    _run(lambda: _dispatch(settings, burst=False, quiet=quiet))
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option(help="Keep the throwaway directory.")] = False,
+    directory: Annotated[Path | None, typer.Option("--dir", help="Where to build the demo.")] = None,
+) -> None:
+    """The whole story on a throwaway repo with a built-in demo agent; no API keys needed."""
+    from bosun.demo import run_demo
+
+    _run(lambda: run_demo(out, keep=keep, directory=directory))
+
+
+def main() -> None:
+    app()

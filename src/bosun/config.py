@@ -1,0 +1,461 @@
+"""``bosun.toml`` -> validated :class:`Settings`.
+
+This module owns finding the file (explicit path, ``BOSUN_CONFIG``, ``./bosun.toml``),
+parsing it, validating every table with pydantic (unknown keys are errors), resolving paths
+against the file's directory, and turning every problem into a :class:`ConfigError` that
+names the file, the table and key, and how to fix it. ``bosun init`` writes the commented
+starting point from :func:`init_config_text`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from bosun.agents.builtin import resolve_agents
+from bosun.agents.spec import AgentSpec
+from bosun.errors import ConfigError, InputError
+
+__all__ = [
+    "AgentConfig",
+    "DatabaseConfig",
+    "HostConfig",
+    "LimitsConfig",
+    "RepoConfig",
+    "Settings",
+    "find_config",
+    "init_config_text",
+    "load_settings",
+    "settings_from_data",
+    "write_init",
+]
+
+CONFIG_NAME = "bosun.toml"
+ENV_VAR = "BOSUN_CONFIG"
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class _Table(BaseModel):
+    # strict: TOML already has types, so "yes" for a bool or 1 for a string is a mistake.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DatabaseConfig(_Table):
+    """``[database]``: where tasks and events are stored."""
+
+    url: str | None = None  # None: sqlite at <state_dir>/bosun.db
+
+
+class RepoConfig(_Table):
+    """``[repos.NAME]``: a repository tasks can work on."""
+
+    url: str = Field(min_length=1)
+    default_branch: str = Field(default="main", min_length=1)
+    copy_files: list[str] = Field(default_factory=list)
+    setup: list[str] = Field(default_factory=list)  # one argv run in a fresh worktree
+    push: bool = True
+
+
+class AgentConfig(_Table):
+    """``[agents.NAME]``: fields of :class:`~bosun.agents.AgentSpec`; unset keeps the
+    built-in's value (or the default for a new agent)."""
+
+    command: list[str] | None = None
+    resume_command: list[str] | None = None
+    prompt: Literal["stdin", "file", "arg"] | None = None
+    parser: str | None = None
+    env_allow: list[str] | None = None
+    env: dict[str, str] | None = None
+    vars: dict[str, str] | None = None
+    files: dict[str, str] | None = None
+    resume: list[str] | None = None
+    isolated_home: bool | None = None
+    timeout: PositiveFloat | None = None
+    stall_timeout: PositiveFloat | None = None
+    version_command: list[str] | None = None
+    description: str | None = None
+
+
+class HostConfig(_Table):
+    """``[hosts.NAME]``: a machine that runs agents."""
+
+    kind: Literal["local"] = "local"
+    max_concurrent: PositiveInt = 4
+    agents: list[str] = Field(default_factory=list)  # empty: every agent
+    labels: list[str] = Field(default_factory=list)
+    priority: int = 0
+    enabled: bool = True
+
+
+class LimitsConfig(_Table):
+    """``[limits]``: global caps, retries, timeouts and the dispatcher's clocks (seconds)."""
+
+    max_concurrent: PositiveInt = 8
+    per_agent: dict[str, PositiveInt] = Field(default_factory=dict)
+    max_attempts: PositiveInt = 3
+    retry_backoff: NonNegativeFloat = 5.0
+    retry_backoff_max: NonNegativeFloat = 300.0
+    run_timeout: PositiveFloat = 3600.0
+    stall_timeout: PositiveFloat = 600.0
+    lease_seconds: PositiveFloat = 30.0
+    heartbeat_seconds: PositiveFloat = 10.0
+    poll_interval: PositiveFloat = 1.0
+    cancel_grace: NonNegativeFloat = 5.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LimitsConfig:
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"heartbeat_seconds ({self.heartbeat_seconds:g}) must be smaller than "
+                f"lease_seconds ({self.lease_seconds:g}), or leases expire between heartbeats"
+            )
+        if self.retry_backoff_max < self.retry_backoff:
+            raise ValueError(
+                f"retry_backoff_max ({self.retry_backoff_max:g}) is below "
+                f"retry_backoff ({self.retry_backoff:g})"
+            )
+        return self
+
+
+class _File(_Table):
+    state_dir: str = Field(default=".bosun", min_length=1)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    repos: dict[str, RepoConfig] = Field(default_factory=dict)
+    agents: dict[str, AgentConfig] = Field(default_factory=dict)
+    hosts: dict[str, HostConfig] | None = None
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A loaded configuration: absolute paths, agents resolved with the built-ins."""
+
+    config_path: Path
+    config_dir: Path
+    state_dir: Path
+    database_url: str
+    repos: dict[str, RepoConfig]
+    agents: dict[str, AgentSpec]
+    hosts: dict[str, HostConfig]
+    limits: LimitsConfig
+
+    def run_timeout(self, agent: str) -> float:
+        """Wall-clock limit of one run of ``agent`` (its own, else ``[limits]``)."""
+        return self.agents[agent].timeout or self.limits.run_timeout
+
+    def stall_timeout(self, agent: str) -> float:
+        """Seconds without output after which a run of ``agent`` counts as stalled."""
+        return self.agents[agent].stall_timeout or self.limits.stall_timeout
+
+
+# -- loading ---------------------------------------------------------------------------
+def find_config(path: str | Path | None = None, environ: Mapping[str, str] = os.environ) -> Path:
+    """The config file to use: ``path``, else ``$BOSUN_CONFIG``, else ``./bosun.toml``."""
+    if path is not None:
+        source = f"config file {path}"
+    elif environ.get(ENV_VAR):
+        path, source = environ[ENV_VAR], f"{ENV_VAR}={environ[ENV_VAR]}"
+    else:
+        path, source = CONFIG_NAME, f"{CONFIG_NAME} in {Path.cwd()}"
+    found = Path(path).expanduser().absolute()
+    if found.is_dir():
+        found = found / CONFIG_NAME
+    if not found.is_file():
+        raise ConfigError(
+            f"no configuration found: {source} ({found}) does not exist",
+            "create one with `bosun init`, or point --config or BOSUN_CONFIG at it",
+        )
+    return found
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] = os.environ
+) -> Settings:
+    """Find, read and validate ``bosun.toml``; every problem is a :class:`ConfigError`."""
+    config_path = find_config(path, environ).resolve()
+    try:
+        with config_path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{config_path}: invalid TOML: {exc}",
+            "fix the syntax there: strings need quotes, tables look like [repos.NAME]",
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{config_path}: not UTF-8 text ({exc.reason} at byte {exc.start})",
+            "save the file as UTF-8",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{config_path}: cannot read: {exc.strerror}", "check the file's permissions"
+        ) from None
+    return settings_from_data(data, config_path)
+
+
+def settings_from_data(data: Mapping[str, Any], config_path: str | Path) -> Settings:
+    """Validate already-parsed TOML ``data`` as if read from ``config_path``."""
+    config_path = Path(config_path).absolute()
+    config_dir = config_path.parent
+    try:
+        raw = _File.model_validate(dict(data))
+    except ValidationError as exc:
+        raise _config_error(config_path, exc) from None
+
+    def fail(message: str, hint: str) -> ConfigError:
+        return ConfigError(f"{config_path}: {message}", hint)
+
+    for table in ("repos", "agents", "hosts"):
+        for name in getattr(raw, table) or {}:
+            if not _NAME.fullmatch(name):
+                raise fail(
+                    f"[{table}.{name}]: the name {name!r} is not allowed",
+                    "use letters, digits, '_' and '-' only",
+                )
+    try:
+        agents = resolve_agents(raw.agents)
+    except ConfigError as exc:
+        raise fail(exc.message, exc.hint or "fix the [agents] table") from None
+    hosts = dict(raw.hosts) if raw.hosts is not None else {"local": HostConfig()}
+    known = ", ".join(sorted(agents))
+    for name in raw.limits.per_agent:
+        if name not in agents:
+            raise fail(f"[limits] per_agent: unknown agent {name!r}", f"use one of: {known}")
+    for host_name, host in hosts.items():
+        for name in host.agents:
+            if name not in agents:
+                raise fail(
+                    f"[hosts.{host_name}] agents: unknown agent {name!r}",
+                    f"use one of: {known} (or [] for every agent)",
+                )
+    state_dir = _absolute(raw.state_dir, config_dir)
+    return Settings(
+        config_path=config_path,
+        config_dir=config_dir,
+        state_dir=state_dir,
+        database_url=_database_url(raw.database.url, config_dir, state_dir),
+        repos={
+            name: repo.model_copy(update={"url": _repo_url(repo.url, config_dir)})
+            for name, repo in raw.repos.items()
+        },
+        agents=agents,
+        hosts=hosts,
+        limits=raw.limits,
+    )
+
+
+def _absolute(path: str, base: Path) -> Path:
+    return Path(os.path.normpath(base / Path(path).expanduser()))
+
+
+def _repo_url(url: str, config_dir: Path) -> str:
+    """Local paths become absolute; URLs and scp-like ``host:path`` stay as written."""
+    if "://" in url:
+        return url
+    colon, slash = url.find(":"), url.find("/")
+    if colon > 0 and (slash == -1 or colon < slash):  # git's rule for scp-like syntax
+        return url
+    return str(_absolute(url, config_dir))
+
+
+def _database_url(url: str | None, config_dir: Path, state_dir: Path) -> str:
+    """Default SQLite file in the state dir; relative SQLite paths resolve to ``config_dir``."""
+    if url is None:
+        return f"sqlite:///{state_dir / 'bosun.db'}"
+    scheme, sep, rest = url.partition(":///")
+    if not sep or scheme.split("+")[0] != "sqlite":
+        return url
+    path, question, query = rest.partition("?")
+    if path in ("", ":memory:"):
+        return url
+    return f"{scheme}:///{_absolute(path, config_dir)}{question}{query}"
+
+
+# -- error messages --------------------------------------------------------------------
+_SECTION_MODELS: dict[str, type[BaseModel]] = {"database": DatabaseConfig, "limits": LimitsConfig}
+_NAMED_MODELS: dict[str, type[BaseModel]] = {
+    "repos": RepoConfig,
+    "agents": AgentConfig,
+    "hosts": HostConfig,
+}
+
+
+def _split_loc(loc: tuple[int | str, ...]) -> tuple[str, tuple[int | str, ...], type[BaseModel]]:
+    """``("repos", "demo", "setup", 0)`` -> ``("[repos.demo]", ("setup", 0), RepoConfig)``."""
+    if loc and loc[0] in _NAMED_MODELS and len(loc) >= 2:
+        return f"[{loc[0]}.{loc[1]}]", loc[2:], _NAMED_MODELS[str(loc[0])]
+    if loc and loc[0] in _SECTION_MODELS:
+        return f"[{loc[0]}]", loc[1:], _SECTION_MODELS[str(loc[0])]
+    return "", loc, _File
+
+
+def _key_path(parts: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
+    """One pydantic error as (where: what, hint)."""
+    loc = tuple(error["loc"])
+    kind: str = error["type"]
+    section, rest, model = _split_loc(loc)
+    where = " ".join(p for p in (section, _key_path(rest)) if p) or "top level"
+    if kind == "extra_forbidden":
+        parent_section, _parent_rest, parent_model = _split_loc(loc[:-1])
+        key = str(loc[-1])
+        valid = list(parent_model.model_fields)
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f"remove it or use one of: {', '.join(valid)}"
+        if close:
+            hint += f" (did you mean {close[0]}?)"
+        return f"{parent_section or 'top level'}: unknown key {key!r}", hint
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "missing":
+        return f"{where}: required key is missing", f"add {_key_path(rest)} = ... to {section}"
+    if kind == "literal_error" and rest == ("kind",) and model is HostConfig:
+        return (
+            f"{where}: {message}",
+            'only kind = "local" hosts are supported so far; SSH hosts come later',
+        )
+    if kind == "literal_error":
+        return f"{where}: {message}", "use one of the values listed"
+    if kind.startswith(("model_type", "dict_type")):
+        return f"{where}: {message}", f"write it as a table: {section or '[' + where + ']'}"
+    key = _key_path(rest) or "the value"
+    hint = _TYPE_HINTS.get(kind, "fix the value (`bosun init` writes an example of every key)")
+    return f"{where}: {message}", hint.format(key=key)
+
+
+_TYPE_HINTS = {
+    "string_type": 'write a quoted string: {key} = "..."',
+    "int_type": "write a whole number: {key} = 4",
+    "float_type": "write a number: {key} = 5.0",
+    "bool_type": "write {key} = true or {key} = false",
+    "list_type": "write a list: {key} = [...]",
+    "greater_than": "use a number above zero",
+    "greater_than_equal": "use zero or more",
+    "string_too_short": 'write a non-empty string: {key} = "..."',
+    "value_error": "change the values so that the rule above holds",
+}
+
+
+def _config_error(path: Path, exc: ValidationError) -> ConfigError:
+    described = [_describe(e) for e in exc.errors()]
+    messages = [f"{path}: {what}" for what, _ in described]
+    hints = list(dict.fromkeys(hint for _, hint in described))
+    return ConfigError("\n".join(messages), "; ".join(hints))
+
+
+# -- bosun init ------------------------------------------------------------------------
+_INIT_TEXT = """\
+# bosun.toml: configuration of bosun, the orchestrator for AI coding agents.
+# Relative paths are relative to the directory of this file. Values shown are defaults.
+
+# Where bosun keeps its database, repository caches, worktrees and run logs.
+state_dir = ".bosun"
+
+[database]
+# SQLite by default; a relative path is relative to this file's directory.
+# url = "sqlite:///.bosun/bosun.db"
+
+# --- repositories -------------------------------------------------------------------
+# One [repos.NAME] table per repository that tasks may change. Each task gets its own
+# git worktree and branch (task/<id>-<slug>) made from the repository.
+#
+# [repos.demo]
+# url = "../demo-repo"          # a local path (relative to this file) or a git URL
+# default_branch = "main"       # base of new task branches
+# copy_files = [".env"]         # untracked files copied into every new worktree
+# setup = ["npm", "ci"]         # a command (argv list) run in each new worktree first
+# push = true                   # push the task branch when the run ends
+
+# --- agents -------------------------------------------------------------------------
+# "demo" is built in: a deterministic stand-in that is NOT an AI. It applies lines like
+#   Create hello.txt with: Hello
+#   Replace "old" with "new" in README.md
+# from the task, so you can try bosun without an API key:  bosun submit --agent demo ...
+#
+# Any program is an agent. Templates in command / env may use {workdir}, {run_dir},
+# {home}, {python}, {prompt_file} (prompt = "file"), {session_id} (in resume) and the
+# keys of vars; write literal braces as {{ and }}. The prompt is never put in a shell
+# string: it goes on stdin, in {run_dir}/prompt.md, or as one "{prompt}" argv element.
+[agents.echo]
+description = "Writes the prompt it receives to NOTES.md (a minimal command agent)"
+command = ["sh", "-c", "cat > NOTES.md"]
+prompt = "stdin"                # "stdin", "file" or "arg"
+parser = "raw"                  # "raw" (any program) or "jsonl" (one JSON object a line)
+# env_allow = ["PATH", "LANG", "LC_*", "TERM", "TZ"]  # passed through from bosun's env
+# env = { MY_SETTING = "1" }    # fixed variables for the agent
+# vars = { model = "small" }    # defaults for your own placeholders, like {model}
+# resume = ["--resume", "{session_id}"]  # arguments that continue an agent session
+# resume_command = [...]        # a whole argv used instead of command when resuming
+# files = { "home/.tool/settings.json" = "..." }  # written into the run dir first
+# isolated_home = true          # HOME and XDG_* inside the run directory
+# timeout = 3600.0              # wall-clock seconds (default: [limits] run_timeout)
+# stall_timeout = 600.0         # seconds without output (default: [limits])
+
+# --- hosts --------------------------------------------------------------------------
+# Machines that run agents. Without any [hosts] table there is one local host.
+[hosts.local]
+kind = "local"                  # only "local" for now
+max_concurrent = 4              # runs at the same time on this host
+agents = []                     # agents this host may run; empty means every agent
+labels = []
+priority = 0                    # higher is preferred when several hosts fit
+enabled = true
+
+# --- limits -------------------------------------------------------------------------
+[limits]
+max_concurrent = 8              # runs at the same time, all hosts together
+per_agent = {}                  # per-agent caps, e.g. { demo = 2 }
+max_attempts = 3                # attempts of a task before it fails
+retry_backoff = 5.0             # seconds before the 2nd attempt, doubling after that
+retry_backoff_max = 300.0       # the longest wait between attempts
+run_timeout = 3600.0            # wall-clock limit of one run
+stall_timeout = 600.0           # a run without output for this long is stalled
+lease_seconds = 30.0            # a dispatcher that stops heartbeating loses its tasks
+heartbeat_seconds = 10.0        # must be smaller than lease_seconds
+poll_interval = 1.0             # how often idle dispatchers look for work
+cancel_grace = 5.0              # seconds between SIGTERM and SIGKILL on cancel
+"""
+
+
+def init_config_text() -> str:
+    """The commented ``bosun.toml`` that ``bosun init`` writes; it loads as is."""
+    return _INIT_TEXT
+
+
+def write_init(path: str | Path = CONFIG_NAME, force: bool = False) -> Path:
+    """Write :func:`init_config_text` to ``path``; an existing file needs ``force``."""
+    target = Path(path).expanduser().absolute()
+    if target.is_dir():
+        target = target / CONFIG_NAME
+    if target.exists() and not force:
+        raise InputError(f"{target} already exists", "edit it, or pass --force to overwrite it")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(_INIT_TEXT, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(
+            f"cannot write {target}: {exc.strerror}", "pick a directory you can write to"
+        ) from None
+    return target

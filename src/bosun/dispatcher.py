@@ -1,0 +1,229 @@
+"""The dispatch loop: recover, claim, place, run; until stopped or (burst) idle.
+
+One ``Dispatcher`` per bosun process. Its identity (``owner``) is
+``hostname:pid:random``, so a restarted bosun on the same machine can tell that the
+previous owner of a lease is dead and take its runs over at once instead of waiting for
+the lease to expire. Several dispatchers may share one database: ``Store.claim`` is atomic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Coroutine, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from bosun import scheduler
+from bosun.config import Settings
+from bosun.execution import Attempt, Context, utcnow
+from bosun.models import NewEvent, RunStatus, Task, TaskStatus
+from bosun.providers.base import Provider
+from bosun.store.base import Store
+from bosun.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+#: How many runnable tasks one scheduling pass looks at.
+BATCH = 64
+
+
+def new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """True when ``owner`` names a bosun process on this machine that no longer exists."""
+    if not owner:
+        return True
+    parts = owner.split(":")
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        providers: Mapping[str, Provider],
+        *,
+        owner: str | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.owner = owner or new_owner()
+        workspaces = {
+            name: Workspace(provider, str(settings.state_dir)) for name, provider in providers.items()
+        }
+        self.ctx = Context(settings, store, providers, workspaces, self.owner, clock)
+        self._active: dict[int, asyncio.Task[None]] = {}
+        self._slot_freed = asyncio.Event()
+        self._on_event = on_event
+
+    # -- public ------------------------------------------------------------------------
+    async def run(self, *, burst: bool = False, stop: asyncio.Event | None = None) -> None:
+        """Dispatch until ``stop`` is set, or (``burst``) until nothing is left to do."""
+        stop = stop or asyncio.Event()
+        for provider in self.ctx.providers.values():
+            await provider.ensure_ready()
+        try:
+            await self.recover()
+            while not stop.is_set():
+                await self._unpause()
+                placed, waiting = await self._schedule()
+                if burst and not self._active and not placed and not await self._pending(waiting):
+                    break
+                if placed:
+                    continue
+                await self._wait(stop)
+        finally:
+            await self._shutdown()
+
+    async def recover(self) -> None:
+        """Adopt running tasks whose owner is gone: re-attach to live runs, collect ended ones."""
+        now = self.ctx.clock()
+        for task in await self.store.running():
+            if task.lease_owner == self.owner or task.id in self._active:
+                continue
+            dead = owner_is_dead(task.lease_owner)
+            taken = await self.store.take_over(
+                task.id, owner=self.owner, lease_seconds=self.settings.limits.lease_seconds,
+                now=now, force=dead,
+            )
+            if taken is None:
+                continue
+            self._adopt(taken)
+
+    # -- internals ---------------------------------------------------------------------
+    def _adopt(self, task: Task) -> None:
+        host = task.assigned_host
+        if host is None or host not in self.ctx.providers or task.agent not in self.settings.agents:
+            self._spawn(task, self._requeue(task, f"host {host} or agent {task.agent} is no longer configured"))
+            return
+        self._spawn(task, self._reattach(task, host))
+
+    async def _reattach(self, task: Task, host: str) -> None:
+        runs = [r for r in await self.store.list_runs(task.id) if r.attempt == task.attempt]
+        run = runs[-1] if runs else None
+        if run is None or run.status not in (RunStatus.STARTING, RunStatus.RUNNING) or "run_dir" not in run.ref:
+            await self._requeue(task, "bosun stopped before the run was launched")
+            return
+        await Attempt(self.ctx, task, host).resume(run)
+
+    async def _requeue(self, task: Task, reason: str) -> None:
+        await self.store.transition(task.id, TaskStatus.QUEUED, owner=self.owner, reason=reason)
+
+    def _spawn(self, task: Task, coro: Coroutine[Any, Any, None]) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must not kill the loop; the lease will expire
+                log.exception("task %s: attempt crashed", task.id)
+                with contextlib.suppress(Exception):
+                    await self.store.append_event(
+                        NewEvent("dispatcher.error", {"error": f"{type(exc).__name__}: {exc}"},
+                                 task_id=task.id))
+            finally:
+                self._active.pop(task.id, None)
+                self._slot_freed.set()
+
+        self._active[task.id] = asyncio.create_task(guarded(), name=f"bosun-task-{task.id}")
+
+    def _hosts(self) -> list[scheduler.HostSlot]:
+        return [
+            scheduler.HostSlot(
+                name=name,
+                max_concurrent=h.max_concurrent,
+                agents=frozenset(h.agents),
+                labels=frozenset(h.labels),
+                priority=h.priority,
+                enabled=h.enabled,
+            )
+            for name, h in self.settings.hosts.items()
+            if name in self.ctx.providers
+        ]
+
+    async def _schedule(self) -> tuple[int, int]:
+        """One pass: plan, claim, start. Returns (tasks started, tasks waiting on capacity)."""
+        now = self.ctx.clock()
+        candidates = await self.store.runnable(now, BATCH)
+        if not candidates:
+            return 0, 0
+        running = await self.store.running()
+        lim = self.settings.limits
+        plan = scheduler.plan(
+            candidates, running, self._hosts(), scheduler.Caps(lim.max_concurrent, dict(lim.per_agent))
+        )
+        started = 0
+        for placement in plan.placements:
+            task = await self.store.claim(
+                placement.task.id, owner=self.owner, host=placement.host,
+                lease_seconds=lim.lease_seconds, now=now,
+            )
+            if task is None:
+                continue
+            started += 1
+            self._spawn(task, Attempt(self.ctx, task, placement.host).start())
+        waiting = sum(1 for s in plan.skipped if s.waiting)
+        return started, waiting
+
+    async def _pending(self, waiting: int) -> bool:
+        """Burst mode: is there anything worth waiting for?"""
+        if waiting:
+            return True
+        horizon = self.ctx.clock() + timedelta(seconds=self.settings.limits.retry_backoff_max + 1)
+        soon = await self.store.runnable(horizon, 1)
+        return bool(soon) and any(t.not_before is not None for t in soon)
+
+    async def _unpause(self) -> None:
+        for task in await self.store.due_paused(self.ctx.clock()):
+            with contextlib.suppress(Exception):
+                await self.store.transition(task.id, TaskStatus.QUEUED, reason="usage limit reset time reached")
+
+    async def _wait(self, stop: asyncio.Event) -> None:
+        self._slot_freed.clear()
+        waiters = [
+            asyncio.create_task(self.store.wait_for_change(self.settings.limits.poll_interval)),
+            asyncio.create_task(self._slot_freed.wait()),
+            asyncio.create_task(stop.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _shutdown(self) -> None:
+        """Stop following runs. The agents keep running (they are detached); their leases
+        are released so the next bosun re-attaches at once."""
+        tasks = list(self._active.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        now = self.ctx.clock()
+        for task in await self.store.running():
+            if task.lease_owner == self.owner:
+                with contextlib.suppress(Exception):
+                    await self.store.update_task(task.id, owner=self.owner, lease_expires_at=now)
+        for provider in self.ctx.providers.values():
+            await provider.aclose()

@@ -1,0 +1,391 @@
+"""One attempt of one task: prepare the worktree, launch the agent, follow, finish.
+
+``Attempt.start`` runs a freshly claimed task; ``Attempt.resume`` re-attaches to a run that
+a previous bosun process launched (after ``kill -9``, a reboot of bosun, or a lease
+take-over). Both end in ``_finish``, where the parser's outcome and the lifecycle decide
+the next state. Output is persisted with its byte offsets in one transaction, so a crash
+at any point neither loses nor repeats a line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from bosun import lifecycle
+from bosun.agents import AgentSpec, get_parser
+from bosun.agents.parsers import Parser
+from bosun.config import Settings
+from bosun.errors import BosunError, LeaseLost, NotFound
+from bosun.models import ErrorKind, NewEvent, Outcome, Run, RunStatus, Task, TaskStatus
+from bosun.prompt import build_prompt
+from bosun.providers.base import Provider, RunHandle
+from bosun.store.base import Store
+from bosun.workspace import RepoSpec, Workspace, Worktree
+
+#: Polling of a run's output starts fast (short agents finish in milliseconds) and backs
+#: off while the agent is quiet.
+POLL_MIN = 0.005
+POLL_MAX = 0.25
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Context:
+    """What every attempt needs; one per dispatcher."""
+
+    settings: Settings
+    store: Store
+    providers: Mapping[str, Provider]
+    workspaces: Mapping[str, Workspace]
+    owner: str
+    clock: Callable[[], datetime] = utcnow
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+
+class _Stop(Exception):
+    """The lease was lost to another dispatcher: stop following without finishing."""
+
+
+class Attempt:
+    """Drives one run of one task on one host."""
+
+    def __init__(self, ctx: Context, task: Task, host: str) -> None:
+        self.ctx = ctx
+        self.task = task
+        self.host = host
+        self.spec: AgentSpec = ctx.settings.agents[task.agent]
+        self.provider = ctx.providers[host]
+        self.workspace = ctx.workspaces[host]
+        self.parser: Parser = get_parser(self.spec.parser)
+        self._cancel_requested = False
+        self._lease_lost = False
+
+    # -- entry points ------------------------------------------------------------------
+    async def start(self) -> None:
+        """Run a task that this dispatcher has just claimed."""
+        task = self.task
+        store = self.ctx.store
+        try:
+            wt = await self._prepare()
+        except BosunError as exc:
+            await self._fail_before_launch(ErrorKind.WORKSPACE, exc)
+            return
+        resume_session = task.session_id if self._resuming_session() else None
+        prompt = build_prompt(
+            task.title,
+            task.body,
+            constraints=task.constraints,
+            validation=task.validation,
+            repo=task.repo,
+            branch=wt.branch,
+            base_branch=self._base_branch(),
+            scope=task.scope,
+            attempt=task.attempt,
+            previous_error=task.error if task.attempt > 1 else None,
+        )
+        key = f"task-{task.id}-attempt-{task.attempt}"
+        try:
+            run_dir = await self.provider.run_dir(key)
+            command = self.spec.build(
+                prompt=prompt,
+                workdir=wt.path,
+                run_dir=run_dir,
+                session_id=resume_session,
+                environ=self.ctx.environ,
+            )
+        except BosunError as exc:
+            await self._fail_before_launch(ErrorKind.LAUNCH, exc)
+            return
+        ref: dict[str, Any] = {"run_dir": run_dir, **_wt_ref(wt)}
+        run = await store.add_run(
+            task.id, attempt=task.attempt, host=self.host, agent=task.agent, ref=ref
+        )
+        try:
+            handle = await self.provider.launch(command, run_dir)
+        except BosunError as exc:
+            await store.update_run(
+                run.id, status=RunStatus.FAILED, error_kind=ErrorKind.LAUNCH,
+                error=exc.message, ended_at=self.ctx.clock(),
+            )
+            await self._fail_before_launch(ErrorKind.LAUNCH, exc)
+            return
+        run = await store.update_run(run.id, status=RunStatus.RUNNING, ref={**ref, **handle.ref})
+        await store.append_event(
+            NewEvent(
+                "run.started",
+                {"run_id": run.id, "host": self.host, "agent": task.agent,
+                 "attempt": task.attempt, "argv0": command.argv[0], "workdir": wt.path,
+                 "resumed_session": resume_session},
+                task_id=task.id,
+                run_id=run.id,
+            )
+        )
+        await self._follow_and_finish(run, handle, wt)
+
+    async def resume(self, run: Run) -> None:
+        """Re-attach to ``run`` (launched by an earlier bosun) and see it to the end."""
+        await self.ctx.store.append_event(
+            NewEvent("run.reattached", {"run_id": run.id, "host": self.host},
+                     task_id=self.task.id, run_id=run.id)
+        )
+        # The parser is pure: replaying the lines already stored restores its state.
+        for ev in await _stored_output(self.ctx.store, self.task.id, run.id):
+            self.parser.feed(ev[0], ev[1])
+        handle = await self.provider.attach(run.ref)
+        await self._follow_and_finish(run, handle, _wt_from_ref(run.ref, self.task))
+
+    # -- internals ---------------------------------------------------------------------
+    def _resuming_session(self) -> bool:
+        return bool(self.task.session_id) and self.task.review_count > 0
+
+    def _base_branch(self) -> str | None:
+        if self.task.repo is None:
+            return None
+        return self.task.base_branch or self.ctx.settings.repos[self.task.repo].default_branch
+
+    async def _base_for_prepare(self) -> str | None:
+        """An explicit base branch wins; else a task builds on the branch of its last
+        dependency in the same repository, so a chain of tasks sees each other's work."""
+        task = self.task
+        if task.base_branch is not None or task.repo is None:
+            return task.base_branch
+        for dep_id in reversed(task.depends_on):
+            dep = await self.ctx.store.get_task(dep_id)
+            if dep.repo == task.repo and dep.branch and dep.commits:
+                return dep.branch
+        return None
+
+    async def _prepare(self) -> Worktree:
+        task = self.task
+        repo = None
+        if task.repo is not None:
+            cfg = self.ctx.settings.repos[task.repo]
+            repo = RepoSpec(
+                name=task.repo,
+                url=cfg.url,
+                default_branch=cfg.default_branch,
+                copy_files=tuple(cfg.copy_files),
+                setup=tuple(cfg.setup) if cfg.setup else None,
+                push=cfg.push,
+            )
+        wt = await self.workspace.prepare(
+            task.id, task.title, repo, base_branch=await self._base_for_prepare(),
+            source_dir=str(self.ctx.settings.config_dir),
+        )
+        if wt.branch and wt.branch != task.branch:
+            self.task = await self.ctx.store.update_task(task.id, owner=self.ctx.owner, branch=wt.branch)
+        await self.ctx.store.append_event(
+            NewEvent("workspace.ready", {"path": wt.path, "branch": wt.branch,
+                                         "base_sha": wt.base_sha}, task_id=task.id)
+        )
+        return wt
+
+    async def _follow_and_finish(self, run: Run, handle: RunHandle, wt: Worktree) -> None:
+        beat = asyncio.create_task(self._heartbeat(handle))
+        try:
+            code, kind = await self._follow(run, handle)
+        except _Stop:
+            return
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+        await self._finish(run, code, kind, wt)
+
+    async def _heartbeat(self, handle: RunHandle) -> None:
+        lim = self.ctx.settings.limits
+        while True:
+            await asyncio.sleep(lim.heartbeat_seconds)
+            try:
+                await self.ctx.store.heartbeat(
+                    self.task.id, owner=self.ctx.owner, lease_seconds=lim.lease_seconds
+                )
+            except LeaseLost:
+                current = await self.ctx.store.get_task(self.task.id)
+                if current.status is TaskStatus.CANCELLED:
+                    self._cancel_requested = True
+                else:
+                    self._lease_lost = True
+                return
+
+    async def _follow(self, run: Run, handle: RunHandle) -> tuple[int | None, ErrorKind | None]:
+        store = self.ctx.store
+        lim = self.ctx.settings.limits
+        timeout = self.spec.timeout or lim.run_timeout
+        stall = self.spec.stall_timeout or lim.stall_timeout
+        out, err = run.stdout_offset, run.stderr_offset
+        started = time.monotonic() - max(0.0, (self.ctx.clock() - run.started_at).total_seconds())
+        last_output = time.monotonic()
+        delay = POLL_MIN
+        kind: ErrorKind | None = None
+        while True:
+            code = await handle.exit_code()
+            chunks = await handle.read(out, err, final=code is not None)
+            if chunks:
+                events: list[NewEvent] = []
+                for chunk in chunks:
+                    for line in chunk.lines:
+                        events.append(NewEvent("run.output", {"stream": chunk.stream, "line": line},
+                                               task_id=self.task.id, run_id=run.id))
+                        for ev in self.parser.feed(chunk.stream, line):
+                            if ev.kind != "output":
+                                events.append(NewEvent(f"agent.{ev.kind}", {"text": ev.text, **ev.data},
+                                                       task_id=self.task.id, run_id=run.id))
+                    if chunk.stream == "stdout":
+                        out = chunk.end_offset
+                    else:
+                        err = chunk.end_offset
+                await store.append_output(run.id, events, stdout_offset=out, stderr_offset=err)
+                last_output = time.monotonic()
+                delay = POLL_MIN
+            if code is not None:
+                return code, kind
+            if self._lease_lost:
+                raise _Stop
+            now = time.monotonic()
+            if kind is None:
+                if self._cancel_requested:
+                    kind = ErrorKind.CANCELLED
+                elif now - started > timeout:
+                    kind = ErrorKind.TIMEOUT
+                elif now - last_output > stall:
+                    kind = ErrorKind.STALLED
+                if kind is not None:
+                    await store.append_event(NewEvent("run.killing", {"reason": kind.value},
+                                                      task_id=self.task.id, run_id=run.id))
+                    await handle.cancel(lim.cancel_grace)
+                    continue
+            if not await handle.alive() and await handle.exit_code() is None:
+                final = await handle.read(out, err, final=True)
+                if not final:
+                    return None, kind or ErrorKind.LOST
+                continue
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, POLL_MAX)
+
+    async def _finish(self, run: Run, code: int | None, kind: ErrorKind | None, wt: Worktree) -> None:
+        ctx, task = self.ctx, self.task
+        outcome = self.parser.finish(code)
+        if kind is None and not outcome.success:
+            # A user's cancel may have killed the group before our heartbeat noticed it.
+            current = await ctx.store.get_task(task.id)
+            if current.status is TaskStatus.CANCELLED:
+                kind = ErrorKind.CANCELLED
+        if kind is not None:
+            outcome = replace(outcome, success=False, error_kind=kind, error=_kill_message(kind, self.spec, ctx))
+        commits: list[str] = []
+        if outcome.success and wt.repo is not None:
+            try:
+                commits = await self.workspace.finish(
+                    wt, task_id=task.id, title=task.title, push=self._push()
+                )
+            except BosunError as exc:
+                outcome = replace(outcome, success=False, error_kind=ErrorKind.WORKSPACE, error=exc.message)
+        status = (RunStatus.SUCCEEDED if outcome.success
+                  else RunStatus.CANCELLED if outcome.error_kind is ErrorKind.CANCELLED
+                  else RunStatus.LOST if outcome.error_kind is ErrorKind.LOST
+                  else RunStatus.FAILED)
+        await ctx.store.update_run(
+            run.id, status=status, exit_code=code, error_kind=outcome.error_kind,
+            error=outcome.error, session_id=outcome.session_id, tokens_in=outcome.tokens_in,
+            tokens_out=outcome.tokens_out, cost_usd=outcome.cost_usd or 0.0, ended_at=ctx.clock(),
+        )
+        await ctx.store.append_event(
+            NewEvent("run.finished", {"run_id": run.id, "exit_code": code, "commits": commits,
+                                      **outcome.to_json()}, task_id=task.id, run_id=run.id)
+        )
+        await self._settle(outcome, commits, wt)
+
+    async def _settle(self, outcome: Outcome, commits: list[str], wt: Worktree) -> None:
+        ctx, task = self.ctx, self.task
+        lim = ctx.settings.limits
+        decision = lifecycle.after_run(
+            outcome, attempt=task.attempt, max_attempts=task.max_attempts, now=ctx.clock(),
+            backoff_base=lim.retry_backoff, backoff_cap=lim.retry_backoff_max,
+        )
+        fields: dict[str, Any] = {
+            "tokens_in": task.tokens_in + outcome.tokens_in,
+            "tokens_out": task.tokens_out + outcome.tokens_out,
+            "cost_usd": task.cost_usd + (outcome.cost_usd or 0.0),
+            "commits": tuple(task.commits) + tuple(c for c in commits if c not in task.commits),
+            "not_before": decision.not_before,
+        }
+        if outcome.session_id:
+            fields["session_id"] = outcome.session_id
+        if outcome.success:
+            fields.update(result_summary=outcome.summary, error=None, error_kind=None)
+        else:
+            fields.update(error=outcome.error, error_kind=outcome.error_kind)
+            if outcome.summary:
+                fields["result_summary"] = outcome.summary
+        try:
+            await ctx.store.transition(task.id, decision.status, owner=ctx.owner, reason=decision.reason, **fields)
+        except LeaseLost:
+            # Cancelled (or taken over) while we finished: record what the run produced.
+            try:
+                await ctx.store.update_task(task.id, **{k: v for k, v in fields.items() if k != "not_before"})
+            except NotFound:
+                return
+            return
+        if decision.status is TaskStatus.COMPLETED and wt.repo is not None:
+            kept = not await self.workspace.cleanup(wt, push=self._push())
+            if kept:
+                await ctx.store.append_event(NewEvent(
+                    "workspace.kept", {"path": wt.path, "reason": "uncommitted or unpushed work"},
+                    task_id=task.id))
+
+    def _push(self) -> bool:
+        return self.task.repo is not None and self.ctx.settings.repos[self.task.repo].push
+
+    async def _fail_before_launch(self, kind: ErrorKind, exc: BosunError) -> None:
+        outcome = Outcome(success=False, error_kind=kind,
+                          error=exc.message + (f" ({exc.hint})" if exc.hint else ""))
+        await self.ctx.store.append_event(
+            NewEvent("run.error", {"error_kind": kind.value, "error": outcome.error}, task_id=self.task.id)
+        )
+        await self._settle(outcome, [], Worktree(path="", branch=None, base_sha=None, repo=None))
+
+
+def _kill_message(kind: ErrorKind, spec: AgentSpec, ctx: Context) -> str:
+    lim = ctx.settings.limits
+    if kind is ErrorKind.TIMEOUT:
+        return f"killed after the wall-clock limit of {spec.timeout or lim.run_timeout:g}s"
+    if kind is ErrorKind.STALLED:
+        return f"killed after {spec.stall_timeout or lim.stall_timeout:g}s without output"
+    if kind is ErrorKind.CANCELLED:
+        return "cancelled by a user"
+    return "the run's processes vanished without an exit code"
+
+
+def _wt_ref(wt: Worktree) -> dict[str, Any]:
+    return {"workdir": wt.path, "branch": wt.branch, "base_sha": wt.base_sha, "repo": wt.repo}
+
+
+def _wt_from_ref(ref: Mapping[str, Any], task: Task) -> Worktree:
+    return Worktree(
+        path=str(ref.get("workdir", "")),
+        branch=ref.get("branch") or task.branch,
+        base_sha=ref.get("base_sha"),
+        repo=ref.get("repo", task.repo),
+    )
+
+
+async def _stored_output(store: Store, task_id: int, run_id: int) -> list[tuple[Any, str]]:
+    lines: list[tuple[Any, str]] = []
+    cursor = 0
+    while True:
+        batch = await store.events_since(cursor, task_id=task_id, limit=1000)
+        if not batch:
+            return lines
+        for ev in batch:
+            if ev.run_id == run_id and ev.kind == "run.output":
+                lines.append((ev.data.get("stream", "stdout"), str(ev.data.get("line", ""))))
+        cursor = batch[-1].id

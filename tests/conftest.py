@@ -1,0 +1,78 @@
+"""Shared fixtures: real git repositories and real configurations in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bosun.config import Settings, settings_from_data
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@localhost",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@localhost",
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(repo), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **GIT_ENV},
+    )
+    return done.stdout.strip()
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Path:
+    """A real repository with one commit on ``main``."""
+    repo = tmp_path / "origin"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "README.md").write_text("# origin\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "initial")
+    return repo
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, origin: Path) -> SettingsFactory:
+    """Build validated Settings for a config dir in tmp_path, with repo ``app`` -> origin."""
+
+    def build(
+        agents: dict[str, Any] | None = None,
+        limits: dict[str, Any] | None = None,
+        hosts: dict[str, Any] | None = None,
+        **top: Any,
+    ) -> Settings:
+        data: dict[str, Any] = {
+            "repos": {"app": {"url": str(origin), "default_branch": "main"}},
+            "agents": agents or {"echo": {"command": ["sh", "-c", "cat > NOTES.md"]}},
+            "hosts": hosts or {"local": {"kind": "local", "max_concurrent": 4}},
+            "limits": {
+                "retry_backoff": 0.01,
+                "retry_backoff_max": 0.05,
+                "poll_interval": 0.1,
+                "heartbeat_seconds": 0.5,
+                "lease_seconds": 5,
+                "cancel_grace": 1,
+                **(limits or {}),
+            },
+            **top,
+        }
+        cfg_dir = tmp_path / "cfg"
+        cfg_dir.mkdir(exist_ok=True)
+        return settings_from_data(data, cfg_dir / "bosun.toml")
+
+    return build
