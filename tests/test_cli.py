@@ -53,7 +53,9 @@ poll_interval = 0.1
     return path
 
 
-def bosun(cfg: Path, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def bosun(
+    cfg: Path, *args: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [*BOSUN, *args],
         cwd=cfg,
@@ -101,12 +103,40 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
 def test_submit_run_ls_show_logs(cfg: Path, origin: Path, tmp_path: Path) -> None:
     body = tmp_path / "task.md"
     body.write_text("## Goal\nAdd a greeting\n\n## Constraints\n- keep it short\n")
-    task = as_json(bosun(cfg, "submit", "--repo", "app", "--agent", "echo", "--title",
-                         "Add a greeting", "--body-file", str(body), "--json"))
+    task = as_json(
+        bosun(
+            cfg,
+            "submit",
+            "--repo",
+            "app",
+            "--agent",
+            "echo",
+            "--title",
+            "Add a greeting",
+            "--body-file",
+            str(body),
+            "--json",
+        )
+    )
     assert task["status"] == "queued"
-    for key in ("id", "title", "status", "repo", "agent", "branch", "assigned_host", "attempt",
-                "session_id", "created_at", "updated_at", "last_activity_at", "result_summary",
-                "tokens", "cost_usd", "error"):
+    for key in (
+        "id",
+        "title",
+        "status",
+        "repo",
+        "agent",
+        "branch",
+        "assigned_host",
+        "attempt",
+        "session_id",
+        "created_at",
+        "updated_at",
+        "last_activity_at",
+        "result_summary",
+        "tokens",
+        "cost_usd",
+        "error",
+    ):
         assert key in task
     bosun(cfg, "run")
     listed = as_json(bosun(cfg, "ls", "--json"))
@@ -125,8 +155,13 @@ def test_kill_9_mid_run_loses_and_repeats_no_line(
 ) -> None:
     bosun(cfg, "submit", "--agent", "count", "--title", "Count to sixty")
     env = {**os.environ, "BOSUN_CONFIG": str(cfg / "bosun.toml")}
-    first = subprocess.Popen([*BOSUN, "run", "-q"], cwd=cfg, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [*BOSUN, "run", "-q"],
+        cwd=cfg,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     procs.append(first)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -144,7 +179,9 @@ def test_kill_9_mid_run_loses_and_repeats_no_line(
     assert output == [f"line {i}" for i in range(1, 61)]
     task = as_json(bosun(cfg, "show", "1", "--json"))
     assert task["status"] == "completed" and task["attempt"] == 1 and len(task["runs"]) == 1
-    completions = [e for e in events if e["kind"] == "task.status" and e["data"]["to"] == "completed"]
+    completions = [
+        e for e in events if e["kind"] == "task.status" and e["data"]["to"] == "completed"
+    ]
     assert len(completions) == 1
     assert any(e["kind"] == "run.reattached" for e in events)
 
@@ -152,8 +189,13 @@ def test_kill_9_mid_run_loses_and_repeats_no_line(
 def test_logs_follow_streams_until_done(cfg: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     bosun(cfg, "submit", "--agent", "count", "--title", "Count")
     env = {**os.environ, "BOSUN_CONFIG": str(cfg / "bosun.toml")}
-    runner = subprocess.Popen([*BOSUN, "run", "-q"], cwd=cfg, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runner = subprocess.Popen(
+        [*BOSUN, "run", "-q"],
+        cwd=cfg,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     procs.append(runner)
     follow = bosun(cfg, "logs", "1", "-f")
     runner.wait(60)
@@ -204,27 +246,43 @@ def test_bad_config_names_file_and_key_and_changes_nothing(
 
 
 def test_missing_config_says_bosun_init(tmp_path: Path) -> None:
-    done = subprocess.run([*BOSUN, "ls"], cwd=tmp_path, capture_output=True, text=True,
-                          env={k: v for k, v in os.environ.items() if k != "BOSUN_CONFIG"},
-                          timeout=60)
+    done = subprocess.run(
+        [*BOSUN, "ls"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "BOSUN_CONFIG"},
+        timeout=60,
+    )
     assert done.returncode == 2 and "bosun init" in done.stderr
 
 
 def test_init_writes_a_config_that_works(tmp_path: Path) -> None:
-    done = subprocess.run([*BOSUN, "init"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*BOSUN, "init"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
-    again = subprocess.run([*BOSUN, "init"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [*BOSUN, "init"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert again.returncode == 2 and "--force" in again.stderr
-    ls = subprocess.run([*BOSUN, "ls", "--json"], cwd=tmp_path, capture_output=True, text=True,
-                        timeout=60, env={k: v for k, v in os.environ.items() if k != "BOSUN_CONFIG"})
+    ls = subprocess.run(
+        [*BOSUN, "ls", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "BOSUN_CONFIG"},
+    )
     assert ls.returncode == 0, ls.stderr
     assert json.loads(ls.stdout) == []
 
 
 def test_serve_stops_gracefully_on_sigterm(cfg: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     env = {**os.environ, "BOSUN_CONFIG": str(cfg / "bosun.toml")}
-    server = subprocess.Popen([*BOSUN, "serve"], cwd=cfg, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [*BOSUN, "serve"], cwd=cfg, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     procs.append(server)
     bosun(cfg, "submit", "--agent", "echo", "--title", "served")
     deadline = time.monotonic() + 60
@@ -238,7 +296,9 @@ def test_serve_stops_gracefully_on_sigterm(cfg: Path, procs: list[subprocess.Pop
 def test_demo_runs_the_whole_story(tmp_path: Path) -> None:
     done = subprocess.run(
         [*BOSUN, "demo", "--dir", str(tmp_path / "demo")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "BOSUN_DEMO_DELAY": "0", "COLUMNS": "200"},
     )
     assert done.returncode == 0, done.stderr

@@ -53,7 +53,10 @@ async def test_task_runs_to_a_committed_pushed_branch(
     # the branch is in the user's repository, with the agent's file committed
     notes = git(origin, "show", f"{done.branch}:NOTES.md")
     assert "# Task: Add a greeting" in notes and "Say hello" in notes
-    assert git(origin, "log", "-1", "--format=%s", done.branch) == f"bosun: task #{task.id}: Add a greeting"
+    assert (
+        git(origin, "log", "-1", "--format=%s", done.branch)
+        == f"bosun: task #{task.id}: Add a greeting"
+    )
     assert done.attempt == 1 and done.assigned_host == "local"
 
 
@@ -149,8 +152,12 @@ async def test_dependencies_block_until_completed(make_settings: SettingsFactory
         assert second.status is TaskStatus.BLOCKED
         await run_burst(svc)
         events = [e for e in await svc.store.events_since(0) if e.kind == "task.status"]
-    completed_first = next(e.id for e in events if e.task_id == first.id and e.data["to"] == "completed")
-    started_second = next(e.id for e in events if e.task_id == second.id and e.data["to"] == "running")
+    completed_first = next(
+        e.id for e in events if e.task_id == first.id and e.data["to"] == "completed"
+    )
+    started_second = next(
+        e.id for e in events if e.task_id == second.id and e.data["to"] == "running"
+    )
     assert completed_first < started_second
 
 
@@ -218,8 +225,9 @@ async def test_hostile_titles_execute_nothing_and_stay_inside(
     assert done.status is TaskStatus.COMPLETED, done.error
     assert done.branch is not None
     git(origin, "check-ref-format", "--branch", done.branch)
-    path = Path(str(started[0].data["path"])).resolve()
-    assert path.is_relative_to((svc.settings.state_dir / "worktrees").resolve())
+    path = os.path.realpath(str(started[0].data["path"]))
+    root = os.path.realpath(svc.settings.state_dir / "worktrees")
+    assert path.startswith(root + os.sep)
     assert title.strip() in git(origin, "show", f"{done.branch}:NOTES.md")
 
 
@@ -274,4 +282,3 @@ async def test_graceful_stop_leaves_agent_running_and_next_dispatcher_adopts_it(
     assert done.status is TaskStatus.COMPLETED
     assert lines == [f"line {i}" for i in range(1, 31)]
     assert len(runs) == 1 and done.attempt == 1
-

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
 import pytest
@@ -18,13 +19,18 @@ def test_every_state_has_a_row() -> None:
 
 def test_happy_path_is_allowed() -> None:
     path = [S.QUEUED, S.RUNNING, S.REVIEW_PENDING, S.COMPLETED]
-    for a, b in zip(path, path[1:], strict=False):
+    for a, b in itertools.pairwise(path):
         lifecycle.check(1, a, b)
 
 
 @pytest.mark.parametrize(
     ("current", "target"),
-    [(S.COMPLETED, S.QUEUED), (S.QUEUED, S.COMPLETED), (S.BLOCKED, S.RUNNING), (S.FAILED, S.RUNNING)],
+    [
+        (S.COMPLETED, S.QUEUED),
+        (S.QUEUED, S.COMPLETED),
+        (S.BLOCKED, S.RUNNING),
+        (S.FAILED, S.RUNNING),
+    ],
 )
 def test_invalid_transition_is_a_clear_error(current: TaskStatus, target: TaskStatus) -> None:
     with pytest.raises(InvalidTransition) as info:
@@ -52,8 +58,13 @@ def decide(outcome: Outcome, attempt: int = 1, max_attempts: int = 3) -> lifecyc
 def test_success_completes_or_waits_for_review() -> None:
     assert decide(Outcome(success=True)).status is S.COMPLETED
     review = lifecycle.after_run(
-        Outcome(success=True), attempt=1, max_attempts=3, now=T0, backoff_base=1,
-        backoff_cap=1, review=True,
+        Outcome(success=True),
+        attempt=1,
+        max_attempts=3,
+        now=T0,
+        backoff_base=1,
+        backoff_cap=1,
+        review=True,
     )
     assert review.status is S.REVIEW_PENDING
 

@@ -67,7 +67,11 @@ def test_pinned_host() -> None:
 
 def test_scope_lock_against_running_and_planned() -> None:
     r = make_task(9, status=TaskStatus.RUNNING, assigned_host="a", scope=("src",))
-    tasks = [make_task(1, scope=("src/api",)), make_task(2, scope=("docs",)), make_task(3, scope=("docs/x",))]
+    tasks = [
+        make_task(1, scope=("src/api",)),
+        make_task(2, scope=("docs",)),
+        make_task(3, scope=("docs/x",)),
+    ]
     p = plan(tasks, [r], [A, B], Caps(10))
     assert [x.task.id for x in p.placements] == [2]
     reasons = {s.task.id: s.reason for s in p.skipped}

@@ -10,7 +10,13 @@ from bosun.errors import InputError
 
 @pytest.mark.parametrize(
     ("raw", "norm"),
-    [("src/api/", "src/api"), ("src/api/**", "src/api"), ("./docs", "docs"), ("*", "."), ("a//b", "a/b")],
+    [
+        ("src/api/", "src/api"),
+        ("src/api/**", "src/api"),
+        ("./docs", "docs"),
+        ("*", "."),
+        ("a//b", "a/b"),
+    ],
 )
 def test_normalize(raw: str, norm: str) -> None:
     assert scopes.normalize(raw) == norm

@@ -98,8 +98,14 @@ def task_table(tasks: list[Task], *, title: str | None = None) -> Table:
     for t in tasks:
         style = STATUS_STYLE.get(t.status, "")
         table.add_row(
-            str(t.id), f"[{style}]{t.status.value}[/]", t.title, t.agent, t.assigned_host or "",
-            t.branch or "", f"{t.attempt}/{t.max_attempts}", str(t.tokens_in + t.tokens_out),
+            str(t.id),
+            f"[{style}]{t.status.value}[/]",
+            t.title,
+            t.agent,
+            t.assigned_host or "",
+            t.branch or "",
+            f"{t.attempt}/{t.max_attempts}",
+            str(t.tokens_in + t.tokens_out),
             f"${t.cost_usd:.4f}" if t.cost_usd else "",
         )
     return table
@@ -135,10 +141,16 @@ def submit(
     constraint: Annotated[list[str] | None, typer.Option(help="A constraint (repeatable).")] = None,
     validation: Annotated[list[str] | None, typer.Option(help="A check (repeatable).")] = None,
     label: Annotated[list[str] | None, typer.Option(help="A label (repeatable).")] = None,
-    scope: Annotated[list[str] | None, typer.Option(help="A path the task may change (repeatable).")] = None,
-    depends_on: Annotated[list[int] | None, typer.Option("--depends-on", help="A task id this one waits for.")] = None,
+    scope: Annotated[
+        list[str] | None, typer.Option(help="A path the task may change (repeatable).")
+    ] = None,
+    depends_on: Annotated[
+        list[int] | None, typer.Option("--depends-on", help="A task id this one waits for.")
+    ] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
-    base_branch: Annotated[str | None, typer.Option("--base-branch", help="Branch to start from.")] = None,
+    base_branch: Annotated[
+        str | None, typer.Option("--base-branch", help="Branch to start from.")
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Pin the task to one host.")] = None,
     mode: Annotated[str, typer.Option(help="dispatch or http_pull.")] = "dispatch",
     max_attempts: Annotated[int | None, typer.Option("--max-attempts")] = None,
@@ -148,7 +160,9 @@ def submit(
     settings = _settings(config)
     if body_file is not None:
         try:
-            text = sys.stdin.read() if str(body_file) == "-" else body_file.read_text(encoding="utf-8")
+            text = (
+                sys.stdin.read() if str(body_file) == "-" else body_file.read_text(encoding="utf-8")
+            )
         except (OSError, UnicodeDecodeError) as exc:
             err.print(f"[bold red]error:[/] cannot read --body-file {body_file}: {exc}")
             raise typer.Exit(2) from None
@@ -156,10 +170,19 @@ def submit(
 
     async def go() -> Task:
         spec = TaskSpec(
-            title=title, body=body, repo=repo, agent=agent, base_branch=base_branch,
-            constraints=tuple(constraint or ()), validation=tuple(validation or ()),
-            labels=tuple(label or ()), priority=priority, scope=tuple(scope or ()),
-            depends_on=tuple(depends_on or ()), execution_mode=dispatch_mode(mode), host=host,
+            title=title,
+            body=body,
+            repo=repo,
+            agent=agent,
+            base_branch=base_branch,
+            constraints=tuple(constraint or ()),
+            validation=tuple(validation or ()),
+            labels=tuple(label or ()),
+            priority=priority,
+            scope=tuple(scope or ()),
+            depends_on=tuple(depends_on or ()),
+            execution_mode=dispatch_mode(mode),
+            host=host,
             max_attempts=max_attempts,
         )
         async with await Service.open(settings) as svc:
@@ -178,14 +201,17 @@ def _status_filter(status: list[str] | None) -> frozenset[TaskStatus] | None:
     try:
         return frozenset(TaskStatus(s) for s in status)
     except ValueError:
-        raise InputError(f"unknown status in {status}",
-                         "use: " + ", ".join(s.value for s in TaskStatus)) from None
+        raise InputError(
+            f"unknown status in {status}", "use: " + ", ".join(s.value for s in TaskStatus)
+        ) from None
 
 
 @app.command("ls")
 def ls_(
     config: ConfigOpt = None,
-    status: Annotated[list[str] | None, typer.Option(help="Only these statuses (repeatable).")] = None,
+    status: Annotated[
+        list[str] | None, typer.Option(help="Only these statuses (repeatable).")
+    ] = None,
     repo: Annotated[str | None, typer.Option()] = None,
     agent: Annotated[str | None, typer.Option()] = None,
     label: Annotated[str | None, typer.Option()] = None,
@@ -197,8 +223,14 @@ def ls_(
     settings = _settings(config)
 
     async def go() -> list[Task]:
-        flt = TaskFilter(statuses=_status_filter(status), repo=repo, agent=agent, label=label,
-                         after_id=after, limit=limit)
+        flt = TaskFilter(
+            statuses=_status_filter(status),
+            repo=repo,
+            agent=agent,
+            label=label,
+            after_id=after,
+            limit=limit,
+        )
         async with await Service.open(settings) as svc:
             return await svc.list_tasks(flt)
 
@@ -224,24 +256,52 @@ def show(task_id: int, config: ConfigOpt = None, as_json: JsonOpt = False) -> No
     if as_json:
         _print_json(data)
         return
-    for key in ("id", "title", "status", "repo", "agent", "branch", "assigned_host", "attempt",
-                "max_attempts", "session_id", "result_summary", "error", "error_kind", "tokens",
-                "cost_usd", "commits", "depends_on", "scope", "labels", "priority", "created_at",
-                "updated_at", "last_activity_at"):
+    for key in (
+        "id",
+        "title",
+        "status",
+        "repo",
+        "agent",
+        "branch",
+        "assigned_host",
+        "attempt",
+        "max_attempts",
+        "session_id",
+        "result_summary",
+        "error",
+        "error_kind",
+        "tokens",
+        "cost_usd",
+        "commits",
+        "depends_on",
+        "scope",
+        "labels",
+        "priority",
+        "created_at",
+        "updated_at",
+        "last_activity_at",
+    ):
         value = data[key]
         if value in (None, [], ""):
             continue
-        out.print(f"[bold]{key:>16}[/]: {', '.join(map(str, value)) if isinstance(value, list) else value}")
+        text = ", ".join(map(str, value)) if isinstance(value, list) else value
+        out.print(f"[bold]{key:>16}[/]: {text}")
     for run in data["runs"]:
-        out.print(f"[dim]  run {run['id']}: attempt {run['attempt']} on {run['host']} "
-                  f"{run['status']} exit={run['exit_code']} {run['error'] or ''}[/]")
+        out.print(
+            f"[dim]  run {run['id']}: attempt {run['attempt']} on {run['host']} "
+            f"{run['status']} exit={run['exit_code']} {run['error'] or ''}[/]"
+        )
 
 
 def format_event(ev: Event) -> str | None:
     """A human line for an event, or None to skip it in plain logs."""
     d = ev.data
     if ev.kind == "run.output":
-        return str(d.get("line", "")) if d.get("stream") != "stderr" else f"[stderr] {d.get('line', '')}"
+        return (
+            str(d.get("line", ""))
+            if d.get("stream") != "stderr"
+            else f"[stderr] {d.get('line', '')}"
+        )
     if ev.kind == "task.status":
         reason = f" ({d['reason']})" if d.get("reason") else ""
         return f"--- {d.get('from') or 'new'} -> {d.get('to')}{reason}"
@@ -249,7 +309,8 @@ def format_event(ev: Event) -> str | None:
         return f"--- run {d.get('run_id')} started on {d.get('host')} (attempt {d.get('attempt')})"
     if ev.kind == "run.finished":
         return f"--- run {d.get('run_id')} finished: exit {d.get('exit_code')}" + (
-            f", {d['error']}" if d.get("error") else "")
+            f", {d['error']}" if d.get("error") else ""
+        )
     if ev.kind.startswith("agent.") and ev.kind != "agent.output":
         return f"[{ev.kind[6:]}] {d.get('text', '')}"
     return None
@@ -259,7 +320,9 @@ def format_event(ev: Event) -> str | None:
 def logs(
     task_id: int,
     config: ConfigOpt = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the task settles.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the task settles.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Print a task's output and events (every line once, in order)."""
@@ -333,9 +396,15 @@ def hosts(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     for col in ("name", "kind", "enabled", "healthy", "running", "agents", "labels"):
         table.add_column(col)
     for h in rows:
-        table.add_row(h["name"], h["kind"], str(h["enabled"]), str(h["healthy"]),
-                      f"{h['running']}/{h['max_concurrent']}", ", ".join(h["agents"]),
-                      ", ".join(h["labels"]))
+        table.add_row(
+            h["name"],
+            h["kind"],
+            str(h["enabled"]),
+            str(h["healthy"]),
+            f"{h['running']}/{h['max_concurrent']}",
+            ", ".join(h["agents"]),
+            ", ".join(h["labels"]),
+        )
     out.print(table)
 
 
@@ -417,7 +486,9 @@ def serve(
 @app.command()
 def demo(
     keep: Annotated[bool, typer.Option(help="Keep the throwaway directory.")] = False,
-    directory: Annotated[Path | None, typer.Option("--dir", help="Where to build the demo.")] = None,
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Where to build the demo.")
+    ] = None,
 ) -> None:
     """The whole story on a throwaway repo with a built-in demo agent; no API keys needed."""
     from bosun.demo import run_demo

@@ -49,23 +49,33 @@ TASKS: list[TaskSpec] = [
     TaskSpec(
         title="Add a greeting to the README",
         body='## Goal\nAppend "Hello from bosun!" to README.md\n',
-        repo="demo", agent="demo", scope=("README.md",),
+        repo="demo",
+        agent="demo",
+        scope=("README.md",),
     ),
     TaskSpec(
         title="Write a contributing guide",
         body="## Goal\nCreate CONTRIBUTING.md with: Open an issue, then hand it to bosun.\n",
-        repo="demo", agent="demo", scope=("CONTRIBUTING.md",),
+        repo="demo",
+        agent="demo",
+        scope=("CONTRIBUTING.md",),
     ),
     TaskSpec(
         title="Make greet() friendlier",
         body='## Goal\nReplace "Hi" with "Hello there" in greet.py\n\n'
         "## Validation\n- python greet.py prints the new greeting\n",
-        repo="demo", agent="demo", scope=("greet.py",), priority=5,
+        repo="demo",
+        agent="demo",
+        scope=("greet.py",),
+        priority=5,
     ),
     TaskSpec(
         title="Polish the README greeting",
         body='## Goal\nReplace "Hello from bosun!" with "Hello, world, from bosun!" in README.md\n',
-        repo="demo", agent="demo", scope=("README.md",), depends_on=(1,),
+        repo="demo",
+        agent="demo",
+        scope=("README.md",),
+        depends_on=(1,),
     ),
     TaskSpec(
         title="Draft release notes (no repo: a scratch directory)",
@@ -76,10 +86,16 @@ TASKS: list[TaskSpec] = [
 
 
 def _git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "bosun demo", "GIT_AUTHOR_EMAIL": "demo@localhost",
-           "GIT_COMMITTER_NAME": "bosun demo", "GIT_COMMITTER_EMAIL": "demo@localhost"}
-    done = subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True, env=env)
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "bosun demo",
+        "GIT_AUTHOR_EMAIL": "demo@localhost",
+        "GIT_COMMITTER_NAME": "bosun demo",
+        "GIT_COMMITTER_EMAIL": "demo@localhost",
+    }
+    done = subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env
+    )
     return done.stdout
 
 
@@ -87,8 +103,10 @@ def make_repo(path: Path) -> None:
     path.mkdir(parents=True)
     _git(path, "init", "-q", "-b", "main")
     (path / "README.md").write_text("# demo\n\nA throwaway repository for `bosun demo`.\n")
-    (path / "greet.py").write_text('def greet(name):\n    return f"Hi {name}"\n\n\n'
-                                   'if __name__ == "__main__":\n    print(greet("bosun"))\n')
+    (path / "greet.py").write_text(
+        'def greet(name):\n    return f"Hi {name}"\n\n\n'
+        'if __name__ == "__main__":\n    print(greet("bosun"))\n'
+    )
     _git(path, "add", "-A")
     _git(path, "commit", "-q", "-m", "initial commit")
 
@@ -102,11 +120,15 @@ def _table(tasks: list[Task]) -> Table:
 async def run_demo(console: Console, *, keep: bool = False, directory: Path | None = None) -> None:
     root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="bosun-demo-"))
     root.mkdir(parents=True, exist_ok=True)
-    console.print(Panel.fit(
-        "[bold]bosun demo[/]: five tasks, one throwaway repo, the built-in [bold]demo[/] agent.\n"
-        "The demo agent is [bold red]not an AI[/]: it follows literal instructions such as\n"
-        "'Append \"X\" to FILE' so the demo needs no API key and always ends the same way.",
-        border_style="cyan"))
+    console.print(
+        Panel.fit(
+            "[bold]bosun demo[/]: five tasks, one throwaway repo, "
+            "the built-in [bold]demo[/] agent.\n"
+            "The demo agent is [bold red]not an AI[/]: it follows literal instructions such as\n"
+            "'Append \"X\" to FILE' so the demo needs no API key and always ends the same way.",
+            border_style="cyan",
+        )
+    )
     try:
         make_repo(root / "repo")
         (root / "bosun.toml").write_text(DEMO_TOML)
@@ -117,17 +139,21 @@ async def run_demo(console: Console, *, keep: bool = False, directory: Path | No
                 await svc.submit(spec)
             dispatcher = Dispatcher(settings, svc.store, make_providers(settings))
             job = asyncio.create_task(dispatcher.run(burst=True))
-            with Live(_table(await svc.list_tasks()), console=console, refresh_per_second=8) as live:
+            with Live(
+                _table(await svc.list_tasks()), console=console, refresh_per_second=8
+            ) as live:
                 while not job.done():
                     await asyncio.wait([job], timeout=0.15)
                     live.update(_table(await svc.list_tasks()))
             await job
             tasks = await svc.list_tasks()
             console.print(_summary(tasks, root / "repo"))
-        where = (f"The repository is in [bold]{root / 'repo'}[/]: try "
-                 f"`git -C {root / 'repo'} log --oneline --all`."
-                 if keep or directory is not None
-                 else "Run `bosun demo --keep` to keep the repository and look at the branches.")
+        where = (
+            f"The repository is in [bold]{root / 'repo'}[/]: try "
+            f"`git -C {root / 'repo'} log --oneline --all`."
+            if keep or directory is not None
+            else "Run `bosun demo --keep` to keep the repository and look at the branches."
+        )
         console.print(
             f"\n{where}\n"
             "To use a real agent, run `bosun init` in your project, add your repository under\n"
@@ -147,6 +173,11 @@ def _summary(tasks: list[Task], repo: Path) -> Group:
     for col in ("id", "status", "branch", "commits", "agent said"):
         table.add_column(col, overflow="fold")
     for t in tasks:
-        table.add_row(str(t.id), t.status.value, t.branch or "(scratch dir)",
-                      " ".join(c[:8] for c in t.commits), (t.result_summary or t.error or "")[-120:])
+        table.add_row(
+            str(t.id),
+            t.status.value,
+            t.branch or "(scratch dir)",
+            " ".join(c[:8] for c in t.commits),
+            (t.result_summary or t.error or "")[-120:],
+        )
     return Group(table)

@@ -70,7 +70,8 @@ class Dispatcher:
         self.store = store
         self.owner = owner or new_owner()
         workspaces = {
-            name: Workspace(provider, str(settings.state_dir)) for name, provider in providers.items()
+            name: Workspace(provider, str(settings.state_dir))
+            for name, provider in providers.items()
         }
         self.ctx = Context(settings, store, providers, workspaces, self.owner, clock)
         self._active: dict[int, asyncio.Task[None]] = {}
@@ -104,8 +105,11 @@ class Dispatcher:
                 continue
             dead = owner_is_dead(task.lease_owner)
             taken = await self.store.take_over(
-                task.id, owner=self.owner, lease_seconds=self.settings.limits.lease_seconds,
-                now=now, force=dead,
+                task.id,
+                owner=self.owner,
+                lease_seconds=self.settings.limits.lease_seconds,
+                now=now,
+                force=dead,
             )
             if taken is None:
                 continue
@@ -115,14 +119,21 @@ class Dispatcher:
     def _adopt(self, task: Task) -> None:
         host = task.assigned_host
         if host is None or host not in self.ctx.providers or task.agent not in self.settings.agents:
-            self._spawn(task, self._requeue(task, f"host {host} or agent {task.agent} is no longer configured"))
+            self._spawn(
+                task,
+                self._requeue(task, f"host {host} or agent {task.agent} is no longer configured"),
+            )
             return
         self._spawn(task, self._reattach(task, host))
 
     async def _reattach(self, task: Task, host: str) -> None:
         runs = [r for r in await self.store.list_runs(task.id) if r.attempt == task.attempt]
         run = runs[-1] if runs else None
-        if run is None or run.status not in (RunStatus.STARTING, RunStatus.RUNNING) or "run_dir" not in run.ref:
+        if (
+            run is None
+            or run.status not in (RunStatus.STARTING, RunStatus.RUNNING)
+            or "run_dir" not in run.ref
+        ):
             await self._requeue(task, "bosun stopped before the run was launched")
             return
         await Attempt(self.ctx, task, host).resume(run)
@@ -140,8 +151,12 @@ class Dispatcher:
                 log.exception("task %s: attempt crashed", task.id)
                 with contextlib.suppress(Exception):
                     await self.store.append_event(
-                        NewEvent("dispatcher.error", {"error": f"{type(exc).__name__}: {exc}"},
-                                 task_id=task.id))
+                        NewEvent(
+                            "dispatcher.error",
+                            {"error": f"{type(exc).__name__}: {exc}"},
+                            task_id=task.id,
+                        )
+                    )
             finally:
                 self._active.pop(task.id, None)
                 self._slot_freed.set()
@@ -171,13 +186,19 @@ class Dispatcher:
         running = await self.store.running()
         lim = self.settings.limits
         plan = scheduler.plan(
-            candidates, running, self._hosts(), scheduler.Caps(lim.max_concurrent, dict(lim.per_agent))
+            candidates,
+            running,
+            self._hosts(),
+            scheduler.Caps(lim.max_concurrent, dict(lim.per_agent)),
         )
         started = 0
         for placement in plan.placements:
             task = await self.store.claim(
-                placement.task.id, owner=self.owner, host=placement.host,
-                lease_seconds=lim.lease_seconds, now=now,
+                placement.task.id,
+                owner=self.owner,
+                host=placement.host,
+                lease_seconds=lim.lease_seconds,
+                now=now,
             )
             if task is None:
                 continue
@@ -197,7 +218,9 @@ class Dispatcher:
     async def _unpause(self) -> None:
         for task in await self.store.due_paused(self.ctx.clock()):
             with contextlib.suppress(Exception):
-                await self.store.transition(task.id, TaskStatus.QUEUED, reason="usage limit reset time reached")
+                await self.store.transition(
+                    task.id, TaskStatus.QUEUED, reason="usage limit reset time reached"
+                )
 
     async def _wait(self, stop: asyncio.Event) -> None:
         self._slot_freed.clear()

@@ -113,8 +113,11 @@ class Attempt:
             handle = await self.provider.launch(command, run_dir)
         except BosunError as exc:
             await store.update_run(
-                run.id, status=RunStatus.FAILED, error_kind=ErrorKind.LAUNCH,
-                error=exc.message, ended_at=self.ctx.clock(),
+                run.id,
+                status=RunStatus.FAILED,
+                error_kind=ErrorKind.LAUNCH,
+                error=exc.message,
+                ended_at=self.ctx.clock(),
             )
             await self._fail_before_launch(ErrorKind.LAUNCH, exc)
             return
@@ -122,9 +125,15 @@ class Attempt:
         await store.append_event(
             NewEvent(
                 "run.started",
-                {"run_id": run.id, "host": self.host, "agent": task.agent,
-                 "attempt": task.attempt, "argv0": command.argv[0], "workdir": wt.path,
-                 "resumed_session": resume_session},
+                {
+                    "run_id": run.id,
+                    "host": self.host,
+                    "agent": task.agent,
+                    "attempt": task.attempt,
+                    "argv0": command.argv[0],
+                    "workdir": wt.path,
+                    "resumed_session": resume_session,
+                },
                 task_id=task.id,
                 run_id=run.id,
             )
@@ -134,8 +143,12 @@ class Attempt:
     async def resume(self, run: Run) -> None:
         """Re-attach to ``run`` (launched by an earlier bosun) and see it to the end."""
         await self.ctx.store.append_event(
-            NewEvent("run.reattached", {"run_id": run.id, "host": self.host},
-                     task_id=self.task.id, run_id=run.id)
+            NewEvent(
+                "run.reattached",
+                {"run_id": run.id, "host": self.host},
+                task_id=self.task.id,
+                run_id=run.id,
+            )
         )
         # The parser is pure: replaying the lines already stored restores its state.
         for ev in await _stored_output(self.ctx.store, self.task.id, run.id):
@@ -178,14 +191,22 @@ class Attempt:
                 push=cfg.push,
             )
         wt = await self.workspace.prepare(
-            task.id, task.title, repo, base_branch=await self._base_for_prepare(),
+            task.id,
+            task.title,
+            repo,
+            base_branch=await self._base_for_prepare(),
             source_dir=str(self.ctx.settings.config_dir),
         )
         if wt.branch and wt.branch != task.branch:
-            self.task = await self.ctx.store.update_task(task.id, owner=self.ctx.owner, branch=wt.branch)
+            self.task = await self.ctx.store.update_task(
+                task.id, owner=self.ctx.owner, branch=wt.branch
+            )
         await self.ctx.store.append_event(
-            NewEvent("workspace.ready", {"path": wt.path, "branch": wt.branch,
-                                         "base_sha": wt.base_sha}, task_id=task.id)
+            NewEvent(
+                "workspace.ready",
+                {"path": wt.path, "branch": wt.branch, "base_sha": wt.base_sha},
+                task_id=task.id,
+            )
         )
         return wt
 
@@ -233,12 +254,24 @@ class Attempt:
                 events: list[NewEvent] = []
                 for chunk in chunks:
                     for line in chunk.lines:
-                        events.append(NewEvent("run.output", {"stream": chunk.stream, "line": line},
-                                               task_id=self.task.id, run_id=run.id))
+                        events.append(
+                            NewEvent(
+                                "run.output",
+                                {"stream": chunk.stream, "line": line},
+                                task_id=self.task.id,
+                                run_id=run.id,
+                            )
+                        )
                         for ev in self.parser.feed(chunk.stream, line):
                             if ev.kind != "output":
-                                events.append(NewEvent(f"agent.{ev.kind}", {"text": ev.text, **ev.data},
-                                                       task_id=self.task.id, run_id=run.id))
+                                events.append(
+                                    NewEvent(
+                                        f"agent.{ev.kind}",
+                                        {"text": ev.text, **ev.data},
+                                        task_id=self.task.id,
+                                        run_id=run.id,
+                                    )
+                                )
                     if chunk.stream == "stdout":
                         out = chunk.end_offset
                     else:
@@ -259,8 +292,14 @@ class Attempt:
                 elif now - last_output > stall:
                     kind = ErrorKind.STALLED
                 if kind is not None:
-                    await store.append_event(NewEvent("run.killing", {"reason": kind.value},
-                                                      task_id=self.task.id, run_id=run.id))
+                    await store.append_event(
+                        NewEvent(
+                            "run.killing",
+                            {"reason": kind.value},
+                            task_id=self.task.id,
+                            run_id=run.id,
+                        )
+                    )
                     await handle.cancel(lim.cancel_grace)
                     continue
             if not await handle.alive() and await handle.exit_code() is None:
@@ -271,7 +310,9 @@ class Attempt:
             await asyncio.sleep(delay)
             delay = min(delay * 2, POLL_MAX)
 
-    async def _finish(self, run: Run, code: int | None, kind: ErrorKind | None, wt: Worktree) -> None:
+    async def _finish(
+        self, run: Run, code: int | None, kind: ErrorKind | None, wt: Worktree
+    ) -> None:
         ctx, task = self.ctx, self.task
         outcome = self.parser.finish(code)
         if kind is None and not outcome.success:
@@ -280,7 +321,9 @@ class Attempt:
             if current.status is TaskStatus.CANCELLED:
                 kind = ErrorKind.CANCELLED
         if kind is not None:
-            outcome = replace(outcome, success=False, error_kind=kind, error=_kill_message(kind, self.spec, ctx))
+            outcome = replace(
+                outcome, success=False, error_kind=kind, error=_kill_message(kind, self.spec, ctx)
+            )
         commits: list[str] = []
         if outcome.success and wt.repo is not None:
             try:
@@ -288,19 +331,37 @@ class Attempt:
                     wt, task_id=task.id, title=task.title, push=self._push()
                 )
             except BosunError as exc:
-                outcome = replace(outcome, success=False, error_kind=ErrorKind.WORKSPACE, error=exc.message)
-        status = (RunStatus.SUCCEEDED if outcome.success
-                  else RunStatus.CANCELLED if outcome.error_kind is ErrorKind.CANCELLED
-                  else RunStatus.LOST if outcome.error_kind is ErrorKind.LOST
-                  else RunStatus.FAILED)
+                outcome = replace(
+                    outcome, success=False, error_kind=ErrorKind.WORKSPACE, error=exc.message
+                )
+        status = (
+            RunStatus.SUCCEEDED
+            if outcome.success
+            else RunStatus.CANCELLED
+            if outcome.error_kind is ErrorKind.CANCELLED
+            else RunStatus.LOST
+            if outcome.error_kind is ErrorKind.LOST
+            else RunStatus.FAILED
+        )
         await ctx.store.update_run(
-            run.id, status=status, exit_code=code, error_kind=outcome.error_kind,
-            error=outcome.error, session_id=outcome.session_id, tokens_in=outcome.tokens_in,
-            tokens_out=outcome.tokens_out, cost_usd=outcome.cost_usd or 0.0, ended_at=ctx.clock(),
+            run.id,
+            status=status,
+            exit_code=code,
+            error_kind=outcome.error_kind,
+            error=outcome.error,
+            session_id=outcome.session_id,
+            tokens_in=outcome.tokens_in,
+            tokens_out=outcome.tokens_out,
+            cost_usd=outcome.cost_usd or 0.0,
+            ended_at=ctx.clock(),
         )
         await ctx.store.append_event(
-            NewEvent("run.finished", {"run_id": run.id, "exit_code": code, "commits": commits,
-                                      **outcome.to_json()}, task_id=task.id, run_id=run.id)
+            NewEvent(
+                "run.finished",
+                {"run_id": run.id, "exit_code": code, "commits": commits, **outcome.to_json()},
+                task_id=task.id,
+                run_id=run.id,
+            )
         )
         await self._settle(outcome, commits, wt)
 
@@ -308,8 +369,12 @@ class Attempt:
         ctx, task = self.ctx, self.task
         lim = ctx.settings.limits
         decision = lifecycle.after_run(
-            outcome, attempt=task.attempt, max_attempts=task.max_attempts, now=ctx.clock(),
-            backoff_base=lim.retry_backoff, backoff_cap=lim.retry_backoff_max,
+            outcome,
+            attempt=task.attempt,
+            max_attempts=task.max_attempts,
+            now=ctx.clock(),
+            backoff_base=lim.retry_backoff,
+            backoff_cap=lim.retry_backoff_max,
         )
         fields: dict[str, Any] = {
             "tokens_in": task.tokens_in + outcome.tokens_in,
@@ -327,29 +392,44 @@ class Attempt:
             if outcome.summary:
                 fields["result_summary"] = outcome.summary
         try:
-            await ctx.store.transition(task.id, decision.status, owner=ctx.owner, reason=decision.reason, **fields)
+            await ctx.store.transition(
+                task.id, decision.status, owner=ctx.owner, reason=decision.reason, **fields
+            )
         except LeaseLost:
             # Cancelled (or taken over) while we finished: record what the run produced.
             try:
-                await ctx.store.update_task(task.id, **{k: v for k, v in fields.items() if k != "not_before"})
+                await ctx.store.update_task(
+                    task.id, **{k: v for k, v in fields.items() if k != "not_before"}
+                )
             except NotFound:
                 return
             return
         if decision.status is TaskStatus.COMPLETED and wt.repo is not None:
             kept = not await self.workspace.cleanup(wt, push=self._push())
             if kept:
-                await ctx.store.append_event(NewEvent(
-                    "workspace.kept", {"path": wt.path, "reason": "uncommitted or unpushed work"},
-                    task_id=task.id))
+                await ctx.store.append_event(
+                    NewEvent(
+                        "workspace.kept",
+                        {"path": wt.path, "reason": "uncommitted or unpushed work"},
+                        task_id=task.id,
+                    )
+                )
 
     def _push(self) -> bool:
         return self.task.repo is not None and self.ctx.settings.repos[self.task.repo].push
 
     async def _fail_before_launch(self, kind: ErrorKind, exc: BosunError) -> None:
-        outcome = Outcome(success=False, error_kind=kind,
-                          error=exc.message + (f" ({exc.hint})" if exc.hint else ""))
+        outcome = Outcome(
+            success=False,
+            error_kind=kind,
+            error=exc.message + (f" ({exc.hint})" if exc.hint else ""),
+        )
         await self.ctx.store.append_event(
-            NewEvent("run.error", {"error_kind": kind.value, "error": outcome.error}, task_id=self.task.id)
+            NewEvent(
+                "run.error",
+                {"error_kind": kind.value, "error": outcome.error},
+                task_id=self.task.id,
+            )
         )
         await self._settle(outcome, [], Worktree(path="", branch=None, base_sha=None, repo=None))
 

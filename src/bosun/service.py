@@ -27,8 +27,15 @@ _LABEL = re.compile(r"^[^\s\x00-\x1f]{1,64}$")
 
 #: States in which ``bosun logs -f`` stops following.
 SETTLED = frozenset(
-    {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.REVIEW_PENDING,
-     TaskStatus.NEEDS_INPUT, TaskStatus.PAUSED, TaskStatus.BLOCKED}
+    {
+        TaskStatus.COMPLETED,
+        TaskStatus.FAILED,
+        TaskStatus.CANCELLED,
+        TaskStatus.REVIEW_PENDING,
+        TaskStatus.NEEDS_INPUT,
+        TaskStatus.PAUSED,
+        TaskStatus.BLOCKED,
+    }
 )
 
 
@@ -45,9 +52,14 @@ class HostInfo:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "name": self.name, "kind": self.kind, "enabled": self.enabled,
-            "healthy": self.healthy, "max_concurrent": self.max_concurrent,
-            "running": self.running, "agents": list(self.agents), "labels": list(self.labels),
+            "name": self.name,
+            "kind": self.kind,
+            "enabled": self.enabled,
+            "healthy": self.healthy,
+            "max_concurrent": self.max_concurrent,
+            "running": self.running,
+            "agents": list(self.agents),
+            "labels": list(self.labels),
         }
 
 
@@ -66,45 +78,63 @@ def validate_spec(spec: TaskSpec, settings: Settings) -> TaskSpec:
     if not title:
         raise InputError("the task has no title", "give a short title with --title")
     if len(title) > MAX_TITLE:
-        raise InputError(f"the title is {len(title)} characters long (max {MAX_TITLE})",
-                         "put the details in the body")
+        raise InputError(
+            f"the title is {len(title)} characters long (max {MAX_TITLE})",
+            "put the details in the body",
+        )
     if "\x00" in spec.title or "\x00" in spec.body:
         raise InputError("the title or body contains a NUL byte", "remove it")
     if len(spec.body) > MAX_BODY:
-        raise InputError(f"the body is {len(spec.body)} characters long (max {MAX_BODY})",
-                         "shorten it or link to a file in the repository")
+        raise InputError(
+            f"the body is {len(spec.body)} characters long (max {MAX_BODY})",
+            "shorten it or link to a file in the repository",
+        )
     if spec.repo is not None and spec.repo not in settings.repos:
         known = ", ".join(sorted(settings.repos)) or "none configured"
-        raise InputError(f"unknown repo {spec.repo!r} (known: {known})",
-                         f"add [repos.{_safe(spec.repo)}] to {settings.config_path} or pick a known one")
+        raise InputError(
+            f"unknown repo {spec.repo!r} (known: {known})",
+            f"add [repos.{_safe(spec.repo)}] to {settings.config_path} or pick a known one",
+        )
     if spec.agent not in settings.agents:
         known = ", ".join(sorted(settings.agents))
-        raise InputError(f"unknown agent {spec.agent!r} (known: {known})",
-                         f"add [agents.{_safe(spec.agent)}] to {settings.config_path} or pick a known one")
+        raise InputError(
+            f"unknown agent {spec.agent!r} (known: {known})",
+            f"add [agents.{_safe(spec.agent)}] to {settings.config_path} or pick a known one",
+        )
     if spec.host is not None and spec.host not in settings.hosts:
         known = ", ".join(sorted(settings.hosts))
         raise InputError(f"unknown host {spec.host!r} (known: {known})", "pick a configured host")
     if spec.base_branch is not None and _REF_BAD.search(spec.base_branch):
-        raise InputError(f"{spec.base_branch!r} is not a valid branch name",
-                         "give a branch name such as main or release/1.2")
+        raise InputError(
+            f"{spec.base_branch!r} is not a valid branch name",
+            "give a branch name such as main or release/1.2",
+        )
     if spec.base_branch is not None and spec.repo is None:
         raise InputError("a base branch was given for a task without a repo", "add --repo")
     if not -1000 <= spec.priority <= 1000:
         raise InputError(f"priority {spec.priority} is out of range", "use -1000..1000")
     for label in spec.labels:
         if not _LABEL.match(label):
-            raise InputError(f"label {label!r} is empty, too long or contains white space",
-                             "use short labels such as bug or host:gpu")
+            raise InputError(
+                f"label {label!r} is empty, too long or contains white space",
+                "use short labels such as bug or host:gpu",
+            )
     if spec.max_attempts is not None and not 1 <= spec.max_attempts <= 100:
         raise InputError(f"max_attempts {spec.max_attempts} is out of range", "use 1..100")
     if len(set(spec.depends_on)) != len(spec.depends_on) or any(d <= 0 for d in spec.depends_on):
-        raise InputError("depends_on has duplicate or non-positive task ids", "list each task id once")
+        raise InputError(
+            "depends_on has duplicate or non-positive task ids", "list each task id once"
+        )
     scope = tuple(dict.fromkeys(scopes.normalize(p) for p in spec.scope))
     if scope and spec.repo is None:
         raise InputError("scope paths were given for a task without a repo", "add --repo")
-    return replace(spec, title=title, scope=scope,
-                   constraints=tuple(c.strip() for c in spec.constraints if c.strip()),
-                   validation=tuple(v.strip() for v in spec.validation if v.strip()))
+    return replace(
+        spec,
+        title=title,
+        scope=scope,
+        constraints=tuple(c.strip() for c in spec.constraints if c.strip()),
+        validation=tuple(v.strip() for v in spec.validation if v.strip()),
+    )
 
 
 def _safe(name: str) -> str:
@@ -151,14 +181,19 @@ class Service:
         task = await self.store.get_task(task_id)
         lifecycle.check(task.id, task.status, TaskStatus.CANCELLED)
         was_running = task.status is TaskStatus.RUNNING
-        task = await self.store.transition(task_id, TaskStatus.CANCELLED, reason="cancelled by a user")
+        task = await self.store.transition(
+            task_id, TaskStatus.CANCELLED, reason="cancelled by a user"
+        )
         if was_running:
             await self._kill_active_run(task)
         return task
 
     async def _kill_active_run(self, task: Task) -> None:
-        runs = [r for r in await self.store.list_runs(task.id)
-                if r.status in (RunStatus.STARTING, RunStatus.RUNNING) and "pgid" in r.ref]
+        runs = [
+            r
+            for r in await self.store.list_runs(task.id)
+            if r.status in (RunStatus.STARTING, RunStatus.RUNNING) and "pgid" in r.ref
+        ]
         providers = make_providers(self.settings)
         try:
             for run in runs:
@@ -169,8 +204,14 @@ class Service:
                     handle = await provider.attach(run.ref)
                     await handle.cancel(self.settings.limits.cancel_grace)
                 except BosunError as exc:
-                    await self.store.append_event(NewEvent(
-                        "run.cancel_failed", {"error": exc.message}, task_id=task.id, run_id=run.id))
+                    await self.store.append_event(
+                        NewEvent(
+                            "run.cancel_failed",
+                            {"error": exc.message},
+                            task_id=task.id,
+                            run_id=run.id,
+                        )
+                    )
         finally:
             for p in providers.values():
                 await p.aclose()
@@ -180,12 +221,19 @@ class Service:
         task = await self.store.get_task(task_id)
         lifecycle.check(task.id, task.status, TaskStatus.QUEUED)
         if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
-            raise InputError(f"task {task_id} is {task.status.value}; only failed or cancelled "
-                             "tasks can be retried", "wait for it to finish, or cancel it first")
+            raise InputError(
+                f"task {task_id} is {task.status.value}; only failed or cancelled "
+                "tasks can be retried",
+                "wait for it to finish, or cancel it first",
+            )
         return await self.store.transition(
-            task_id, TaskStatus.QUEUED, reason="retried by a user",
+            task_id,
+            TaskStatus.QUEUED,
+            reason="retried by a user",
             max_attempts=task.attempt + self.settings.limits.max_attempts,
-            not_before=None, error=None, error_kind=None,
+            not_before=None,
+            error=None,
+            error_kind=None,
         )
 
     # -- events ------------------------------------------------------------------------
@@ -193,8 +241,9 @@ class Service:
         await self.store.get_task(task_id)
         return await self.store.events_since(cursor, task_id=task_id, limit=limit)
 
-    async def follow(self, task_id: int, cursor: int = 0, *, until_settled: bool = True,
-                     poll: float = 0.5) -> AsyncIterator[Event]:
+    async def follow(
+        self, task_id: int, cursor: int = 0, *, until_settled: bool = True, poll: float = 0.5
+    ) -> AsyncIterator[Event]:
         """Every event of a task from ``cursor`` on, then live ones as they are written;
         ends once the task has settled (and every event up to then was yielded)."""
         await self.store.get_task(task_id)
@@ -221,10 +270,16 @@ class Service:
             name: sum(1 for t in running if t.assigned_host == name) for name in self.settings.hosts
         }
         return [
-            HostInfo(name=name, kind=h.kind, enabled=h.enabled, healthy=True,
-                     max_concurrent=h.max_concurrent, running=load[name],
-                     agents=tuple(h.agents) or tuple(sorted(self.settings.agents)),
-                     labels=tuple(h.labels))
+            HostInfo(
+                name=name,
+                kind=h.kind,
+                enabled=h.enabled,
+                healthy=True,
+                max_concurrent=h.max_concurrent,
+                running=load[name],
+                agents=tuple(h.agents) or tuple(sorted(self.settings.agents)),
+                labels=tuple(h.labels),
+            )
             for name, h in self.settings.hosts.items()
         ]
 
@@ -233,6 +288,6 @@ def dispatch_mode(mode: str) -> ExecutionMode:
     try:
         return ExecutionMode(mode)
     except ValueError:
-        raise InputError(f"unknown execution mode {mode!r}",
-                         "use " + " or ".join(m.value for m in ExecutionMode)) from None
-
+        raise InputError(
+            f"unknown execution mode {mode!r}", "use " + " or ".join(m.value for m in ExecutionMode)
+        ) from None

@@ -41,7 +41,8 @@ from bosun.providers.base import Command, ExecResult, OutputChunk, RunHandle, St
 
 # A constant shell text: task data never enters it, it arrives only as "$@".
 # The trap is a no-op so that the wrapper outlives a signal sent to the whole group and
-# records the agent's code. Positional arguments: run dir, cwd, keep_pwd ("1" when the caller's env sets PWD), argv.
+# records the agent's code. Positional arguments: run dir, cwd, keep_pwd ("1" when the
+# caller's env sets PWD), argv.
 # dash sets PWD at start-up and OLDPWD on cd; both are undone so the agent's environment
 # is exactly the one asked for. ``(exec "$@")`` runs the program in a subshell so that a
 # builtin-looking argv[0] such as ``exec`` or ``exit`` cannot end the wrapper early, and
@@ -447,7 +448,7 @@ class LocalProvider:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 (the Provider protocol's signature)
+        timeout: float | None = None,
     ) -> ExecResult:
         """Run a short command attached; env is this process's env updated with ``env``."""
         if not argv:

@@ -132,7 +132,12 @@ class Store(Protocol):
         ...
 
     async def take_over(
-        self, task_id: int, *, owner: str, lease_seconds: float, now: datetime,
+        self,
+        task_id: int,
+        *,
+        owner: str,
+        lease_seconds: float,
+        now: datetime,
         force: bool = False,
     ) -> Task | None:
         """Take the lease of a ``running`` task whose lease expired (or any running task

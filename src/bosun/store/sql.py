@@ -1,0 +1,554 @@
+"""``SqlStore``: the ``Store`` protocol over SQLAlchemy Core (async), SQLite for now.
+
+Every method is one transaction. Writes go through ``_write`` (on SQLite a ``BEGIN
+IMMEDIATE`` transaction, see ``bosun.store.connect``), so a read-check-write sequence such
+as ``claim`` cannot interleave with another writer in this or any other process. Reads go
+through ``_read`` (a plain deferred transaction: a consistent snapshot that never blocks).
+
+The few things that differ between SQLite and PostgreSQL live in ``bosun.store.dialects``;
+everything here is portable Core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import CursorResult, RowMapping
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import Executable, Select
+
+from bosun import lifecycle, scopes
+from bosun.errors import InputError, LeaseLost, NotFound, StoreError
+from bosun.models import (
+    Event,
+    ExecutionMode,
+    NewEvent,
+    Run,
+    Task,
+    TaskSpec,
+    TaskStatus,
+)
+from bosun.store.base import TaskFilter
+from bosun.store.dialects import ops_for
+from bosun.store.rows import (
+    aware,
+    event_from_row,
+    new_event_values,
+    new_run_values,
+    new_task_values,
+    run_from_row,
+    run_values,
+    task_from_row,
+    task_values,
+)
+from bosun.store.schema import events, runs, tasks
+
+#: Execution option that makes the SQLite "begin" hook emit BEGIN IMMEDIATE.
+WRITE_OPTION = "bosun_write"
+#: Execution option for a read of one statement: no BEGIN needed on SQLite.
+SINGLE_READ_OPTION = "bosun_single_read"
+
+_RUNNABLE = tuple(sorted(s.value for s in lifecycle.RUNNABLE))
+_RUNNING = TaskStatus.RUNNING.value
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _not_found(what: str, ident: int) -> NotFound:
+    hint = "list tasks with `bosun list`" if what == "task" else f"check the {what} id"
+    return NotFound(f"{what} {ident} does not exist", hint)
+
+
+def _positive(value: int, name: str) -> int:
+    if value < 1:
+        raise InputError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+@dataclass
+class _Tx:
+    """One write transaction; remembers whether it changed anything (to wake waiters)."""
+
+    conn: AsyncConnection
+    wrote: bool = False
+
+    async def write(self, stmt: Executable, params: Any = None) -> CursorResult[Any]:
+        self.wrote = True
+        return await self.conn.execute(stmt, params)
+
+
+class SqlStore:
+    """The ``Store`` protocol on a SQLAlchemy async engine. Open it with ``open_store``."""
+
+    def __init__(self, engine: AsyncEngine, *, poll_interval: float = 0.25) -> None:
+        self._engine = engine
+        self._poll_interval = poll_interval
+        self._changed = asyncio.Event()
+        self._ops = ops_for(engine.dialect.name)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The underlying engine (for diagnostics and tests; not for writing)."""
+        return self._engine
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()
+
+    # -- transactions --------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _read(self, *, single: bool = True) -> AsyncIterator[AsyncConnection]:
+        """A read transaction; ``single=False`` when it runs more than one statement."""
+        try:
+            async with self._engine.connect() as conn:
+                if single:
+                    await conn.execution_options(**{SINGLE_READ_OPTION: True})
+                async with conn.begin():
+                    yield conn
+        except DBAPIError as exc:
+            raise _store_error(exc, "read") from exc
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[_Tx]:
+        async with self._ops.writer_slot():
+            try:
+                async with self._engine.connect() as conn:
+                    await conn.execution_options(**{WRITE_OPTION: True})
+                    async with conn.begin():
+                        tx = _Tx(conn)
+                        yield tx
+            except DBAPIError as exc:
+                raise _store_error(exc, "write") from exc
+        if tx.wrote:
+            self._poke()
+
+    def _poke(self) -> None:
+        """Wake every ``wait_for_change`` of this process (a fresh Event per generation)."""
+        fired, self._changed = self._changed, asyncio.Event()
+        fired.set()
+
+    # -- tasks ---------------------------------------------------------------------------
+    async def add_task(self, spec: TaskSpec, *, max_attempts: int) -> Task:
+        """Store ``spec`` as blocked (a dependency is not completed) or queued."""
+        now = _utcnow()
+        deps = tuple(dict.fromkeys(spec.depends_on))
+        async with self._write() as tx:
+            status = TaskStatus.QUEUED
+            if deps:
+                query = sa.select(tasks.c.id, tasks.c.status).where(tasks.c.id.in_(deps))
+                found = {row.id: row.status for row in await tx.conn.execute(query)}
+                missing = [d for d in deps if d not in found]
+                if missing:
+                    raise InputError(
+                        f"depends on task(s) that do not exist: {', '.join(map(str, missing))}",
+                        "check the ids with `bosun list`; only existing tasks can be depended on",
+                    )
+                if any(s != TaskStatus.COMPLETED.value for s in found.values()):
+                    status = TaskStatus.BLOCKED
+            values = new_task_values(spec, status, max_attempts, now)
+            stmt = sa.insert(tasks).values(**values).returning(*tasks.c)
+            task = task_from_row((await tx.write(stmt)).mappings().one())
+            data = {"title": task.title, "status": task.status.value}
+            await self._add_events(tx, [NewEvent("task.submitted", data, task_id=task.id)], now)
+            return task
+
+    async def get_task(self, task_id: int) -> Task:
+        """The task, or ``NotFound``."""
+        async with self._read() as conn:
+            return await self._load_task(conn, task_id)
+
+    async def list_tasks(self, flt: TaskFilter | None = None) -> list[Task]:
+        """Tasks matching ``flt`` by ascending id, at most ``flt.limit``."""
+        flt = flt or TaskFilter()
+        stmt = sa.select(tasks).order_by(tasks.c.id).limit(_positive(flt.limit, "limit"))
+        if flt.statuses is not None:
+            stmt = stmt.where(tasks.c.status.in_(sorted(TaskStatus(x) for x in flt.statuses)))
+        if flt.repo is not None:
+            stmt = stmt.where(tasks.c.repo == flt.repo)
+        if flt.agent is not None:
+            stmt = stmt.where(tasks.c.agent == flt.agent)
+        if flt.label is not None:
+            stmt = stmt.where(self._ops.has_label(flt.label))
+        if flt.after_id is not None:
+            stmt = stmt.where(tasks.c.id > flt.after_id)
+        async with self._read() as conn:
+            return await _tasks(conn, stmt)
+
+    async def transition(
+        self,
+        task_id: int,
+        target: TaskStatus,
+        *,
+        owner: str | None = None,
+        reason: str | None = None,
+        **fields: Any,
+    ) -> Task:
+        """Move a task to ``target`` through the lifecycle, with a ``task.status`` event."""
+        try:
+            target = TaskStatus(target)
+        except ValueError as exc:
+            raise InputError(f"unknown task status {target!r}") from exc
+        values = task_values(fields)
+        now = _utcnow()
+        async with self._write() as tx:
+            task = await self._load_task(tx.conn, task_id)
+            _check_owner(task, owner)
+            lifecycle.check(task.id, task.status, target)
+            values.update(status=target.value, updated_at=now)
+            if task.status is TaskStatus.RUNNING and target is not TaskStatus.RUNNING:
+                values.update(lease_owner=None, lease_expires_at=None)
+            updated = await self._set_task(tx, task_id, values)
+            data = {"from": task.status.value, "to": target.value, "reason": reason}
+            await self._add_events(tx, [NewEvent("task.status", data, task_id=task_id)], now)
+            if target is TaskStatus.COMPLETED:
+                await self._unblock_dependents(tx, task_id, now)
+            return updated
+
+    async def update_task(self, task_id: int, *, owner: str | None = None, **fields: Any) -> Task:
+        """Set ``fields`` (names from ``TASK_FIELDS``) without a status change."""
+        values = task_values(fields)
+        async with self._write() as tx:
+            task = await self._load_task(tx.conn, task_id)
+            _check_owner(task, owner)
+            return await self._set_task(tx, task_id, {**values, "updated_at": _utcnow()})
+
+    def runnable_statement(self, now: datetime, limit: int) -> Select[Any]:
+        """The query behind ``runnable``: one index range per runnable status, each cut at
+        ``limit`` rows, merged. Public so tests and benchmarks can EXPLAIN it."""
+        branches = []
+        for status in _RUNNABLE:
+            branch = (
+                sa.select(tasks)
+                .where(
+                    tasks.c.status == status,
+                    tasks.c.execution_mode == ExecutionMode.DISPATCH.value,
+                    sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now),
+                )
+                .order_by(tasks.c.priority.desc(), tasks.c.id)
+                .limit(limit)
+                .subquery()
+            )
+            branches.append(sa.select(branch))
+        merged = sa.union_all(*branches).subquery()
+        return sa.select(merged).order_by(merged.c.priority.desc(), merged.c.id).limit(limit)
+
+    async def runnable(self, now: datetime, limit: int) -> list[Task]:
+        """Due dispatch tasks in a runnable state, by priority (high first) then id."""
+        stmt = self.runnable_statement(aware(now), _positive(limit, "limit"))
+        async with self._read() as conn:
+            return await _tasks(conn, stmt)
+
+    async def claim(
+        self, task_id: int, *, owner: str, host: str, lease_seconds: float, now: datetime
+    ) -> Task | None:
+        """Atomically take a runnable, due, non-colliding task: ``running`` with a lease."""
+        aware(now)
+        # Racing dispatchers mostly lose: a lock-free look first spares them the write lock.
+        if not _claimable(await self.get_task(task_id), now):
+            return None
+        async with self._write() as tx:
+            await self._ops.lock_for_claim(tx.conn)
+            task = await self._load_task(tx.conn, task_id)
+            if not _claimable(task, now) or await self._collides_with_running(tx.conn, task):
+                return None
+            lifecycle.check(task.id, task.status, TaskStatus.RUNNING)
+            attempt = task.attempt + 1
+            claimed = await self._set_task(
+                tx,
+                task_id,
+                {
+                    "status": _RUNNING,
+                    "attempt": attempt,
+                    "assigned_host": host,
+                    "lease_owner": owner,
+                    "lease_expires_at": now + timedelta(seconds=lease_seconds),
+                    "not_before": None,
+                    "error": None,
+                    "error_kind": None,
+                    "updated_at": now,
+                },
+            )
+            data = {
+                "from": task.status.value,
+                "to": _RUNNING,
+                "reason": "claimed",
+                "host": host,
+                "attempt": attempt,
+            }
+            await self._add_events(tx, [NewEvent("task.status", data, task_id=task_id)], now)
+            return claimed
+
+    async def heartbeat(self, task_id: int, *, owner: str, lease_seconds: float) -> None:
+        """Extend ``owner``'s lease; ``LeaseLost`` when someone else holds it."""
+        now = _utcnow()
+        async with self._write() as tx:
+            task = await self._load_task(tx.conn, task_id)
+            if task.status is not TaskStatus.RUNNING:
+                raise LeaseLost(
+                    f"task {task_id} is {task.status.value}, so nobody holds its lease",
+                    "stop working on it; its run has already been settled",
+                )
+            _check_owner(task, owner)
+            expires = now + timedelta(seconds=lease_seconds)
+            touch = {"lease_expires_at": expires, "updated_at": now}
+            await tx.write(sa.update(tasks).where(tasks.c.id == task_id).values(**touch))
+
+    async def take_over(
+        self,
+        task_id: int,
+        *,
+        owner: str,
+        lease_seconds: float,
+        now: datetime,
+        force: bool = False,
+    ) -> Task | None:
+        """Take the expired (or, with ``force``, any) lease of a running task."""
+        aware(now)
+        async with self._write() as tx:
+            task = await self._load_task(tx.conn, task_id)
+            if task.status is not TaskStatus.RUNNING:
+                return None
+            live = task.lease_expires_at is not None and task.lease_expires_at >= now
+            if live and not force:
+                return None
+            taken = await self._set_task(
+                tx,
+                task_id,
+                {
+                    "lease_owner": owner,
+                    "lease_expires_at": now + timedelta(seconds=lease_seconds),
+                    "updated_at": now,
+                },
+            )
+            data = {"from_owner": task.lease_owner, "to_owner": owner}
+            await self._add_events(tx, [NewEvent("task.lease", data, task_id=task_id)], now)
+            return taken
+
+    async def running(self) -> list[Task]:
+        """Every running task, by id."""
+        stmt = sa.select(tasks).where(tasks.c.status == _RUNNING).order_by(tasks.c.id)
+        async with self._read() as conn:
+            return await _tasks(conn, stmt)
+
+    async def due_paused(self, now: datetime) -> list[Task]:
+        """Paused tasks whose ``not_before`` has passed (or that have none), by id."""
+        stmt = (
+            sa.select(tasks)
+            .where(
+                tasks.c.status == TaskStatus.PAUSED.value,
+                sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= aware(now)),
+            )
+            .order_by(tasks.c.id)
+        )
+        async with self._read() as conn:
+            return await _tasks(conn, stmt)
+
+    # -- runs ----------------------------------------------------------------------------
+    async def add_run(
+        self, task_id: int, *, attempt: int, host: str, agent: str, ref: dict[str, Any]
+    ) -> Run:
+        """A new run (``starting``, offsets 0) of an existing task."""
+        values = new_run_values(task_id, attempt, host, agent, ref, _utcnow())
+        async with self._write() as tx:
+            await self._load_task(tx.conn, task_id)
+            stmt = sa.insert(runs).values(**values).returning(*runs.c)
+            return run_from_row((await tx.write(stmt)).mappings().one())
+
+    async def get_run(self, run_id: int) -> Run:
+        """The run, or ``NotFound``."""
+        async with self._read() as conn:
+            row = await _first(conn, sa.select(runs).where(runs.c.id == run_id))
+        if row is None:
+            raise _not_found("run", run_id)
+        return run_from_row(row)
+
+    async def list_runs(self, task_id: int) -> list[Run]:
+        """Runs of an existing task by ascending id."""
+        async with self._read(single=False) as conn:
+            await self._load_task(conn, task_id)
+            stmt = sa.select(runs).where(runs.c.task_id == task_id).order_by(runs.c.id)
+            return [run_from_row(r) for r in (await conn.execute(stmt)).mappings()]
+
+    async def update_run(self, run_id: int, **fields: Any) -> Run:
+        """Set ``fields`` (names from ``RUN_FIELDS``) of a run."""
+        values = run_values(fields)
+        async with self._write() as tx:
+            stmt = sa.update(runs).where(runs.c.id == run_id).returning(*runs.c)
+            if values:
+                row = (await tx.write(stmt.values(**values))).mappings().first()
+            else:
+                row = await _first(tx.conn, sa.select(runs).where(runs.c.id == run_id))
+            if row is None:
+                raise _not_found("run", run_id)
+            return run_from_row(row)
+
+    async def append_output(
+        self,
+        run_id: int,
+        events: Sequence[NewEvent],
+        *,
+        stdout_offset: int,
+        stderr_offset: int,
+    ) -> list[Event]:
+        """Append the run's ``events`` and set its offsets in one transaction."""
+        if stdout_offset < 0 or stderr_offset < 0:
+            raise InputError(f"offsets must not be negative: {stdout_offset}, {stderr_offset}")
+        now = _utcnow()
+        async with self._write() as tx:
+            task_id = (
+                await tx.write(
+                    sa.update(runs)
+                    .where(runs.c.id == run_id)
+                    .values(stdout_offset=stdout_offset, stderr_offset=stderr_offset)
+                    .returning(runs.c.task_id)
+                )
+            ).scalar_one_or_none()
+            if task_id is None:
+                raise _not_found("run", run_id)
+            touch = {"last_activity_at": now, "updated_at": now}
+            await tx.write(sa.update(tasks).where(tasks.c.id == task_id).values(**touch))
+            stamped = [NewEvent(e.kind, e.data, task_id=task_id, run_id=run_id) for e in events]
+            return await self._add_events(tx, stamped, now)
+
+    # -- events --------------------------------------------------------------------------
+    async def append_event(self, event: NewEvent) -> Event:
+        """Append one event; its task and run, when given, must exist."""
+        async with self._write() as tx:
+            if event.task_id is not None:
+                await self._load_task(tx.conn, event.task_id)
+            if event.run_id is not None:
+                found = await tx.conn.scalar(sa.select(runs.c.id).where(runs.c.id == event.run_id))
+                if found is None:
+                    raise _not_found("run", event.run_id)
+            (stored,) = await self._add_events(tx, [event], _utcnow())
+            return stored
+
+    async def events_since(
+        self, cursor: int = 0, *, task_id: int | None = None, limit: int = 1000
+    ) -> list[Event]:
+        """Events with ``id > cursor`` in id order, optionally for one task."""
+        stmt = (
+            sa.select(events)
+            .where(events.c.id > cursor)
+            .order_by(events.c.id)
+            .limit(_positive(limit, "limit"))
+        )
+        if task_id is not None:
+            stmt = stmt.where(events.c.task_id == task_id)
+        async with self._read() as conn:
+            return [event_from_row(r) for r in (await conn.execute(stmt)).mappings()]
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return on a write by this process (at once), a new event written by another
+        process (within the poll interval), or after ``timeout`` seconds."""
+        fired = self._changed
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        baseline = await self._last_event_id()
+        while (remaining := deadline - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(self._poll_interval, remaining)):
+                    await fired.wait()
+                    return
+            if await self._last_event_id() != baseline:
+                return
+
+    # -- helpers -------------------------------------------------------------------------
+    async def _last_event_id(self) -> int:
+        async with self._read() as conn:
+            return int(await conn.scalar(sa.select(sa.func.max(events.c.id))) or 0)
+
+    async def _load_task(self, conn: AsyncConnection, task_id: int) -> Task:
+        row = await _first(conn, sa.select(tasks).where(tasks.c.id == task_id))
+        if row is None:
+            raise _not_found("task", task_id)
+        return task_from_row(row)
+
+    async def _set_task(self, tx: _Tx, task_id: int, values: dict[str, Any]) -> Task:
+        stmt = sa.update(tasks).where(tasks.c.id == task_id).values(**values)
+        return task_from_row((await tx.write(stmt.returning(*tasks.c))).mappings().one())
+
+    async def _add_events(self, tx: _Tx, new: Sequence[NewEvent], now: datetime) -> list[Event]:
+        if not new:
+            return []
+        rows = [new_event_values(event, now) for event in new]
+        await self._ops.lock_event_log(tx.conn)
+        stmt = sa.insert(events).returning(*events.c, sort_by_parameter_order=True)
+        return [event_from_row(r) for r in (await tx.write(stmt, rows)).mappings()]
+
+    async def _collides_with_running(self, conn: AsyncConnection, task: Task) -> bool:
+        if task.repo is None or not task.scope:
+            return False
+        stmt = sa.select(tasks.c.scope).where(
+            tasks.c.status == _RUNNING, tasks.c.repo == task.repo, tasks.c.id != task.id
+        )
+        for scope in (await conn.execute(stmt)).scalars():
+            if scopes.collides(task.repo, task.scope, task.repo, scope):
+                return True
+        return False
+
+    async def _unblock_dependents(self, tx: _Tx, completed_id: int, now: datetime) -> None:
+        blocked = sa.select(tasks).where(tasks.c.status == TaskStatus.BLOCKED.value)
+        for task in await _tasks(tx.conn, blocked):
+            if completed_id not in task.depends_on:
+                continue
+            pending = await tx.conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(tasks)
+                .where(
+                    tasks.c.id.in_(task.depends_on),
+                    tasks.c.status != TaskStatus.COMPLETED.value,
+                )
+            )
+            if pending:
+                continue
+            lifecycle.check(task.id, task.status, TaskStatus.QUEUED)
+            await self._set_task(tx, task.id, {"status": "queued", "updated_at": now})
+            data = {"from": "blocked", "to": "queued", "reason": "dependencies completed"}
+            await self._add_events(tx, [NewEvent("task.status", data, task_id=task.id)], now)
+
+
+async def _first(conn: AsyncConnection, stmt: Executable) -> RowMapping | None:
+    return (await conn.execute(stmt)).mappings().first()
+
+
+async def _tasks(conn: AsyncConnection, stmt: Executable) -> list[Task]:
+    return [task_from_row(row) for row in (await conn.execute(stmt)).mappings()]
+
+
+def _claimable(task: Task, now: datetime) -> bool:
+    return (
+        task.status in lifecycle.RUNNABLE
+        and task.execution_mode is ExecutionMode.DISPATCH
+        and (task.not_before is None or task.not_before <= now)
+    )
+
+
+def _check_owner(task: Task, owner: str | None) -> None:
+    if owner is not None and task.lease_owner != owner:
+        holder = task.lease_owner or "nobody"
+        raise LeaseLost(
+            f"task {task.id}: lease is held by {holder}, not {owner}",
+            "another dispatcher took this task over; stop working on it",
+        )
+
+
+def _store_error(exc: DBAPIError, action: str) -> StoreError:
+    detail = str(exc.orig) if exc.orig is not None else str(exc)
+    if "locked" in detail or "busy" in detail:
+        hint = (
+            "another program held the database's write lock too long; "
+            "retry, and check for a stuck process using the same database file"
+        )
+    else:
+        hint = "check that the database file is readable and writable and the disk is not full"
+    return StoreError(f"database {action} failed: {detail}", hint)
