@@ -772,3 +772,41 @@ class StoreContract:
             waiter.result()
         finally:
             waiter.cancel()
+
+    async def test_wait_for_work_wakes_on_submit_and_requeue(self, store: Store) -> None:
+        waiter = asyncio.ensure_future(store.wait_for_work(60))
+        await asyncio.sleep(0)
+        task = await add(store)
+        await asyncio.wait_for(waiter, 10)
+        claimed = await store.claim(task.id, owner="w", host="h", lease_seconds=30, now=utcnow())
+        assert claimed is not None
+        waiter = asyncio.ensure_future(store.wait_for_work(60))
+        await asyncio.sleep(0)
+        await store.transition(task.id, TaskStatus.QUEUED, owner="w", reason="retry")
+        await asyncio.wait_for(waiter, 10)
+
+    async def test_wait_for_work_ignores_output_of_this_process(self, store: Store) -> None:
+        task = await add(store)
+        run = await store.add_run(task.id, attempt=1, host="h", agent="a", ref={})
+        waiter = asyncio.ensure_future(store.wait_for_work(0.3))
+        await asyncio.sleep(0)
+        await store.append_output(run.id, [], stdout_offset=1, stderr_offset=0)
+        await asyncio.sleep(0)
+        # an output write is no new work: the waiter is still waiting (it ends by timeout)
+        assert not waiter.done()
+        await asyncio.wait_for(waiter, 10)
+
+    async def test_wait_for_work_wakes_on_other_instance_submit(
+        self, store: Store, peer_store: Store
+    ) -> None:
+        waiter = asyncio.ensure_future(store.wait_for_work(60))
+        try:
+            for i in range(100):
+                await add(peer_store, f"from the peer {i}")
+                done, _ = await asyncio.wait({waiter}, timeout=0.1)
+                if done:
+                    break
+            assert waiter.done()
+            waiter.result()
+        finally:
+            waiter.cancel()

@@ -220,12 +220,12 @@ async def test_hostile_titles_execute_nothing_and_stay_inside(
         task = await svc.submit(TaskSpec(title=title, body=title, repo="app", scope=("docs",)))
         await run_burst(svc)
         done = await svc.get(task.id)
-        started = [e for e in await svc.events(task.id) if e.kind == "workspace.ready"]
+        started = [e for e in await svc.events(task.id) if e.kind == "run.started"]
     assert not canary.exists()
     assert done.status is TaskStatus.COMPLETED, done.error
     assert done.branch is not None
     git(origin, "check-ref-format", "--branch", done.branch)
-    path = os.path.realpath(str(started[0].data["path"]))
+    path = os.path.realpath(str(started[0].data["workdir"]))
     root = os.path.realpath(svc.settings.state_dir / "worktrees")
     assert path.startswith(root + os.sep)
     assert title.strip() in git(origin, "show", f"{done.branch}:NOTES.md")

@@ -84,15 +84,21 @@ class Dispatcher:
         stop = stop or asyncio.Event()
         for provider in self.ctx.providers.values():
             await provider.ensure_ready()
+        loop = asyncio.get_running_loop()
         try:
             await self.recover()
+            recovered_at = loop.time()
             while not stop.is_set():
+                if loop.time() - recovered_at >= self.settings.limits.heartbeat_seconds:
+                    # another dispatcher on this database may have died: adopt its runs
+                    await self.recover()
+                    recovered_at = loop.time()
                 await self._unpause()
-                placed, waiting = await self._schedule()
+                placed, waiting, full = await self._schedule()
                 if burst and not self._active and not placed and not await self._pending(waiting):
                     break
-                if placed:
-                    continue
+                if placed and full:
+                    continue  # a full batch: there may be more to place right away
                 await self._wait(stop)
         finally:
             await self._shutdown()
@@ -177,12 +183,13 @@ class Dispatcher:
             if name in self.ctx.providers
         ]
 
-    async def _schedule(self) -> tuple[int, int]:
-        """One pass: plan, claim, start. Returns (tasks started, tasks waiting on capacity)."""
+    async def _schedule(self) -> tuple[int, int, bool]:
+        """One pass: plan, claim, start. Returns (tasks started, tasks waiting on capacity,
+        whether the batch of candidates was full)."""
         now = self.ctx.clock()
         candidates = await self.store.runnable(now, BATCH)
         if not candidates:
-            return 0, 0
+            return 0, 0, False
         running = await self.store.running()
         lim = self.settings.limits
         plan = scheduler.plan(
@@ -205,7 +212,7 @@ class Dispatcher:
             started += 1
             self._spawn(task, Attempt(self.ctx, task, placement.host).start())
         waiting = sum(1 for s in plan.skipped if s.waiting)
-        return started, waiting
+        return started, waiting, len(candidates) == BATCH
 
     async def _pending(self, waiting: int) -> bool:
         """Burst mode: is there anything worth waiting for?"""
@@ -225,7 +232,7 @@ class Dispatcher:
     async def _wait(self, stop: asyncio.Event) -> None:
         self._slot_freed.clear()
         waiters = [
-            asyncio.create_task(self.store.wait_for_change(self.settings.limits.poll_interval)),
+            asyncio.create_task(self.store.wait_for_work(self.settings.limits.poll_interval)),
             asyncio.create_task(self._slot_freed.wait()),
             asyncio.create_task(stop.wait()),
         ]
@@ -248,5 +255,8 @@ class Dispatcher:
             if task.lease_owner == self.owner:
                 with contextlib.suppress(Exception):
                     await self.store.update_task(task.id, owner=self.owner, lease_expires_at=now)
+                    await self.store.append_event(
+                        NewEvent("task.released", {"owner": self.owner}, task_id=task.id)
+                    )
         for provider in self.ctx.providers.values():
             await provider.aclose()

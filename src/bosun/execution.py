@@ -132,6 +132,8 @@ class Attempt:
                     "attempt": task.attempt,
                     "argv0": command.argv[0],
                     "workdir": wt.path,
+                    "branch": wt.branch,
+                    "base_sha": wt.base_sha,
                     "resumed_session": resume_session,
                 },
                 task_id=task.id,
@@ -201,13 +203,6 @@ class Attempt:
             self.task = await self.ctx.store.update_task(
                 task.id, owner=self.ctx.owner, branch=wt.branch
             )
-        await self.ctx.store.append_event(
-            NewEvent(
-                "workspace.ready",
-                {"path": wt.path, "branch": wt.branch, "base_sha": wt.base_sha},
-                task_id=task.id,
-            )
-        )
         return wt
 
     async def _follow_and_finish(self, run: Run, handle: RunHandle, wt: Worktree) -> None:

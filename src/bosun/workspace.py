@@ -170,7 +170,7 @@ class Workspace:
             raise WorkspaceError(f"invalid task id {task_id}", hint="task ids are >= 0")
         if repo is None:
             path = self.scratch_path(task_id)
-            await self._run(["mkdir", "-p", "--", path], what="creating the scratch dir")
+            await self._provider.makedirs(path)
             return Worktree(path, None, None, None)
         if repo.copy_files and source_dir is None:
             raise WorkspaceError(

@@ -311,6 +311,16 @@ class LocalProvider:
                 hint="fix its permissions or choose another state directory",
             )
 
+    async def makedirs(self, path: str) -> None:
+        """Create ``path`` and its parents (no error when it exists)."""
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise ProviderError(
+                f"cannot create directory {path}: {exc.strerror}",
+                hint="check that bosun's state directory is writable",
+            ) from exc
+
     async def run_dir(self, key: str) -> str:
         """Create (if needed) and return the absolute run directory for ``key``."""
         if not _KEY_RE.fullmatch(key) or key in (".", ".."):

@@ -187,6 +187,14 @@ class Store(Protocol):
         """Events with ``id > cursor`` in id order, optionally for one task."""
         ...
 
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when a task may have become claimable (submitted, re-queued, or a running
+        task left ``running``): by this process, at once; by another process, within the
+        poll interval (spurious wake-ups allowed); else after ``timeout`` seconds. The
+        dispatcher's idle wait: cheaper than ``wait_for_change``, which also wakes on every
+        output line."""
+        ...
+
     async def wait_for_change(self, timeout: float) -> None:
         """Return when something was written (by this process: at once; by another
         process: within the poll interval) or after ``timeout`` seconds."""

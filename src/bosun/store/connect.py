@@ -100,7 +100,8 @@ def parse_url(url: str) -> URL:
 def sqlite_engine(url: URL) -> AsyncEngine:
     """An async engine on a SQLite file with bosun's pragmas and BEGIN handling."""
     engine = create_async_engine(
-        url, json_serializer=functools.partial(json.dumps, allow_nan=False)
+        url,
+        json_serializer=functools.partial(json.dumps, allow_nan=False),
     )
     event.listen(engine.sync_engine, "connect", _on_connect)
     event.listen(engine.sync_engine, "begin", _on_begin)

@@ -64,7 +64,7 @@ def _utcnow() -> datetime:
 
 
 def _not_found(what: str, ident: int) -> NotFound:
-    hint = "list tasks with `bosun list`" if what == "task" else f"check the {what} id"
+    hint = "list tasks with `bosun ls`" if what == "task" else f"check the {what} id"
     return NotFound(f"{what} {ident} does not exist", hint)
 
 
@@ -80,10 +80,15 @@ class _Tx:
 
     conn: AsyncConnection
     wrote: bool = False
+    work: bool = False
 
     async def write(self, stmt: Executable, params: Any = None) -> CursorResult[Any]:
         self.wrote = True
         return await self.conn.execute(stmt, params)
+
+    def new_work(self) -> None:
+        """Mark this transaction as one that may make a task claimable."""
+        self.work = True
 
 
 class SqlStore:
@@ -93,6 +98,8 @@ class SqlStore:
         self._engine = engine
         self._poll_interval = poll_interval
         self._changed = asyncio.Event()
+        self._work = asyncio.Event()
+        self._seen_event_id = 0  # the newest event id this process has polled
         self._ops = ops_for(engine.dialect.name)
 
     @property
@@ -130,6 +137,9 @@ class SqlStore:
                 raise _store_error(exc, "write") from exc
         if tx.wrote:
             self._poke()
+        if tx.work:
+            fired, self._work = self._work, asyncio.Event()
+            fired.set()
 
     def _poke(self) -> None:
         """Wake every ``wait_for_change`` of this process (a fresh Event per generation)."""
@@ -150,7 +160,7 @@ class SqlStore:
                 if missing:
                     raise InputError(
                         f"depends on task(s) that do not exist: {', '.join(map(str, missing))}",
-                        "check the ids with `bosun list`; only existing tasks can be depended on",
+                        "check the ids with `bosun ls`; only existing tasks can be depended on",
                     )
                 if any(s != TaskStatus.COMPLETED.value for s in found.values()):
                     status = TaskStatus.BLOCKED
@@ -159,6 +169,8 @@ class SqlStore:
             task = task_from_row((await tx.write(stmt)).mappings().one())
             data = {"title": task.title, "status": task.status.value}
             await self._add_events(tx, [NewEvent("task.submitted", data, task_id=task.id)], now)
+            if status is TaskStatus.QUEUED:
+                tx.new_work()
             return task
 
     async def get_task(self, task_id: int) -> Task:
@@ -211,6 +223,9 @@ class SqlStore:
             await self._add_events(tx, [NewEvent("task.status", data, task_id=task_id)], now)
             if target is TaskStatus.COMPLETED:
                 await self._unblock_dependents(tx, task_id, now)
+            if target is not TaskStatus.RUNNING:
+                # queued / rework is new work; leaving running frees a slot and scope locks
+                tx.new_work()
             return updated
 
     async def update_task(self, task_id: int, *, owner: str | None = None, **fields: Any) -> Task:
@@ -224,28 +239,13 @@ class SqlStore:
     def runnable_statement(self, now: datetime, limit: int) -> Select[Any]:
         """The query behind ``runnable``: one index range per runnable status, each cut at
         ``limit`` rows, merged. Public so tests and benchmarks can EXPLAIN it."""
-        branches = []
-        for status in _RUNNABLE:
-            branch = (
-                sa.select(tasks)
-                .where(
-                    tasks.c.status == status,
-                    tasks.c.execution_mode == ExecutionMode.DISPATCH.value,
-                    sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now),
-                )
-                .order_by(tasks.c.priority.desc(), tasks.c.id)
-                .limit(limit)
-                .subquery()
-            )
-            branches.append(sa.select(branch))
-        merged = sa.union_all(*branches).subquery()
-        return sa.select(merged).order_by(merged.c.priority.desc(), merged.c.id).limit(limit)
+        return _RUNNABLE_STMT.params(now=now, limit=limit)
 
     async def runnable(self, now: datetime, limit: int) -> list[Task]:
         """Due dispatch tasks in a runnable state, by priority (high first) then id."""
-        stmt = self.runnable_statement(aware(now), _positive(limit, "limit"))
+        params = {"now": aware(now), "limit": _positive(limit, "limit")}
         async with self._read() as conn:
-            return await _tasks(conn, stmt)
+            return await _tasks(conn, _RUNNABLE_STMT, params)
 
     async def claim(
         self, task_id: int, *, owner: str, host: str, lease_seconds: float, now: datetime
@@ -447,6 +447,22 @@ class SqlStore:
         async with self._read() as conn:
             return [event_from_row(r) for r in (await conn.execute(stmt)).mappings()]
 
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when a task may have become claimable: at once for a submit or status
+        change by this process; within the poll interval for any event written by another
+        process; else after ``timeout`` seconds."""
+        fired = self._work
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        baseline = self._seen_event_id
+        while (remaining := deadline - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(self._poll_interval, remaining)):
+                    await fired.wait()
+                    return
+            if await self._last_event_id() != baseline:
+                return
+
     async def wait_for_change(self, timeout: float) -> None:
         """Return on a write by this process (at once), a new event written by another
         process (within the poll interval), or after ``timeout`` seconds."""
@@ -465,7 +481,9 @@ class SqlStore:
     # -- helpers -------------------------------------------------------------------------
     async def _last_event_id(self) -> int:
         async with self._read() as conn:
-            return int(await conn.scalar(sa.select(sa.func.max(events.c.id))) or 0)
+            last = int(await conn.scalar(sa.select(sa.func.max(events.c.id))) or 0)
+        self._seen_event_id = last
+        return last
 
     async def _load_task(self, conn: AsyncConnection, task_id: int) -> Task:
         row = await _first(conn, sa.select(tasks).where(tasks.c.id == task_id))
@@ -521,8 +539,35 @@ async def _first(conn: AsyncConnection, stmt: Executable) -> RowMapping | None:
     return (await conn.execute(stmt)).mappings().first()
 
 
-async def _tasks(conn: AsyncConnection, stmt: Executable) -> list[Task]:
-    return [task_from_row(row) for row in (await conn.execute(stmt)).mappings()]
+def _runnable_statement() -> Select[Any]:
+    """Built once: constructing this union costs milliseconds; binding it costs nothing."""
+    now = sa.bindparam("now", type_=tasks.c.not_before.type)
+    limit = sa.bindparam("limit", type_=sa.Integer)
+    branches = []
+    for status in _RUNNABLE:
+        branch = (
+            sa.select(tasks)
+            .where(
+                tasks.c.status == status,
+                tasks.c.execution_mode == ExecutionMode.DISPATCH.value,
+                sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now),
+            )
+            .order_by(tasks.c.priority.desc(), tasks.c.id)
+            .limit(limit)
+            .subquery()
+        )
+        branches.append(sa.select(branch))
+    merged = sa.union_all(*branches).subquery()
+    return sa.select(merged).order_by(merged.c.priority.desc(), merged.c.id).limit(limit)
+
+
+_RUNNABLE_STMT = _runnable_statement()
+
+
+async def _tasks(
+    conn: AsyncConnection, stmt: Executable, params: dict[str, Any] | None = None
+) -> list[Task]:
+    return [task_from_row(row) for row in (await conn.execute(stmt, params)).mappings()]
 
 
 def _claimable(task: Task, now: datetime) -> bool:

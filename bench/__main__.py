@@ -1,0 +1,157 @@
+"""bosun benchmarks: ``.venv/bin/python -m bench`` (``--quick`` for a short run).
+
+Each figure is printed next to a baseline measured in the same run, on the same machine:
+
+1. dispatch latency: from ``Service.submit`` returning control to bosun, to the agent
+   process running (the agent is ``date +%s%N``, which prints the wall clock the moment it
+   runs), against a bare ``asyncio.create_subprocess_exec`` of the same ``date``.
+   Goal: bosun <= 2 x bare + 5 ms.
+2. claim cost: one scheduling pass's store work (``runnable`` + ``claim``) with 100 and
+   with 100,000 queued tasks. Goal: at most 1.5x apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from bosun.config import settings_from_data
+from bosun.dispatcher import Dispatcher
+from bosun.models import TaskSpec, TaskStatus
+from bosun.service import Service, make_providers
+from bosun.store import SqlStore, open_store
+from bosun.store.rows import new_task_values
+from bosun.store.schema import tasks
+
+DATE = ["date", "+%s%N"]
+
+
+def ms(ns: float) -> float:
+    return ns / 1e6
+
+
+def summary(samples: list[float]) -> str:
+    q = statistics.quantiles(samples, n=10)
+    return f"median {statistics.median(samples):7.2f} ms   p90 {q[-1]:7.2f} ms"
+
+
+async def bare_spawn(n: int) -> list[float]:
+    out: list[float] = []
+    for _ in range(n):
+        t0 = time.time_ns()
+        proc = await asyncio.create_subprocess_exec(*DATE, stdout=asyncio.subprocess.PIPE)
+        stdout, _ = await proc.communicate()
+        out.append(ms(int(stdout) - t0))
+    return out
+
+
+async def bosun_dispatch(n: int, root: Path) -> list[float]:
+    settings = settings_from_data(
+        {
+            "agents": {"noop": {"command": DATE}},
+            "hosts": {"local": {"kind": "local", "max_concurrent": 4}},
+            "limits": {"poll_interval": 1.0},
+        },
+        root / "bosun.toml",
+    )
+    out: list[float] = []
+    async with await Service.open(settings) as svc:
+        stop = asyncio.Event()
+        dispatcher = Dispatcher(settings, svc.store, make_providers(settings))
+        job = asyncio.create_task(dispatcher.run(stop=stop))
+        try:
+            for i in range(n):
+                t0 = time.time_ns()
+                task = await svc.submit(TaskSpec(title=f"noop {i}", agent="noop"))
+                while (await svc.get(task.id)).status is not TaskStatus.COMPLETED:
+                    await svc.store.wait_for_change(0.05)
+                line = next(
+                    e.data["line"] for e in await svc.events(task.id) if e.kind == "run.output"
+                )
+                out.append(ms(int(line) - t0))
+        finally:
+            stop.set()
+            await job
+    return out
+
+
+async def seed(store: SqlStore, count: int) -> None:
+    now = datetime.now(UTC)
+    rows = [
+        new_task_values(
+            TaskSpec(title=f"t{i}", agent="noop", priority=i % 7), TaskStatus.QUEUED, 3, now
+        )
+        for i in range(count)
+    ]
+    async with store.engine.begin() as conn:
+        for start in range(0, count, 5000):
+            await conn.execute(sa.insert(tasks), rows[start : start + 5000])
+
+
+async def claim_cost(queued: int, claims: int, root: Path) -> list[float]:
+    store = await open_store(f"sqlite:///{root / f'claim-{queued}.db'}")
+    try:
+        await seed(store, queued + claims)
+        out: list[float] = []
+        for _ in range(claims):
+            now = datetime.now(UTC)
+            t0 = time.perf_counter_ns()
+            (first,) = await store.runnable(now, 1)
+            got = await store.claim(
+                first.id, owner="bench", host="local", lease_seconds=30, now=now
+            )
+            out.append(ms(time.perf_counter_ns() - t0))
+            assert got is not None
+        return out
+    finally:
+        await store.aclose()
+
+
+async def main(quick: bool) -> dict[str, Any]:
+    n = 20 if quick else 60
+    claims = 50 if quick else 200
+    print(
+        f"machine: {platform.machine()}, {platform.processor() or '?'}; "
+        f"python {platform.python_version()}; sqlite {__import__('sqlite3').sqlite_version}"
+    )
+    with tempfile.TemporaryDirectory(prefix="bosun-bench-") as tmp:
+        root = Path(tmp)
+        await bare_spawn(3)  # warm the page cache for `date`
+        bare = await bare_spawn(n)
+        ours = await bosun_dispatch(n, root)
+        b, o = statistics.median(bare), statistics.median(ours)
+        print("\n1. submit -> agent process running")
+        print(f"   bare create_subprocess_exec   {summary(bare)}")
+        print(f"   bosun submit -> dispatch      {summary(ours)}")
+        print(
+            f"   ratio {o / b:.2f}x bare; goal <= 2 x bare + 5 ms = {2 * b + 5:.2f} ms: "
+            f"{'met' if o <= 2 * b + 5 else 'NOT met'}"
+        )
+        small = await claim_cost(100, claims, root)
+        large = await claim_cost(100_000, claims, root)
+        s, lg = statistics.median(small), statistics.median(large)
+        print("\n2. one claim (runnable + claim)")
+        print(f"   100 queued                    {summary(small)}")
+        print(f"   100,000 queued                {summary(large)}")
+        print(f"   ratio {lg / s:.2f}x; goal <= 1.5x: {'met' if lg / s <= 1.5 else 'NOT met'}")
+        return {"bare": b, "bosun": o, "claim_small": s, "claim_large": lg}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer samples")
+    args = parser.parse_args()
+    asyncio.run(main(args.quick))
