@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -810,3 +811,87 @@ class StoreContract:
             waiter.result()
         finally:
             waiter.cancel()
+
+    # -- claim_batch: plan and claim in one transaction ---------------------------------
+    async def test_claim_batch_claims_the_picks_in_order(self, store: Store) -> None:
+        a = await add(store, "a")
+        b = await add(store, "b", priority=5)
+        await add(store, "blocked", depends_on=(a.id,))
+        await add(store, "pull", execution_mode=ExecutionMode.HTTP_PULL)
+        later = await add(store, "later")
+        await store.update_task(later.id, not_before=utcnow() + timedelta(hours=1))
+        calls: list[tuple[list[int], list[int]]] = []
+
+        def choose(offered: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+            calls.append(([t.id for t in offered], [t.id for t in running]))
+            return [(b.id, "h1"), (a.id, "h2")]
+
+        claimed = await store.claim_batch(
+            choose, owner="w", lease_seconds=30, now=utcnow(), limit=10
+        )
+        assert [(t.id, t.assigned_host, t.status, t.attempt) for t in claimed] == [
+            (b.id, "h1", S.RUNNING, 1),
+            (a.id, "h2", S.RUNNING, 1),
+        ]
+        assert all(t.lease_owner == "w" and t.lease_expires_at is not None for t in claimed)
+        assert len(calls) == 1 and calls[0][0][:2] == [b.id, a.id] and calls[0][1] == []
+        assert sorted(calls[0][0]) == sorted([a.id, b.id])
+        events = [e for e in await store.events_since(0) if e.kind == "task.status"]
+        assert [(e.task_id, e.data["to"]) for e in events] == [(b.id, "running"), (a.id, "running")]
+
+    async def test_claim_batch_skips_colliding_and_unoffered_picks(self, store: Store) -> None:
+        busy = await add(store, "busy", repo="r", scope=("src",))
+        assert await store.claim(busy.id, owner="w", host="h", lease_seconds=30, now=utcnow())
+        inside = await add(store, "inside", repo="r", scope=("src/api",))
+        docs1 = await add(store, "docs1", repo="r", scope=("docs",))
+        docs2 = await add(store, "docs2", repo="r", scope=("docs/x.md",))
+        seen_running: list[int] = []
+
+        def choose(offered: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+            seen_running.extend(t.id for t in running)
+            return [(inside.id, "h"), (docs1.id, "h"), (docs2.id, "h"), (busy.id, "h"), (999, "h")]
+
+        claimed = await store.claim_batch(
+            choose, owner="w", lease_seconds=30, now=utcnow(), limit=10
+        )
+        assert [t.id for t in claimed] == [docs1.id]
+        assert seen_running == [busy.id]
+        assert (await store.get_task(inside.id)).status is S.QUEUED
+        assert (await store.get_task(docs2.id)).status is S.QUEUED
+
+    async def test_claim_batch_with_nothing_runnable_still_asks_once(self, store: Store) -> None:
+        calls: list[int] = []
+
+        def choose(offered: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+            calls.append(len(offered))
+            return []
+
+        assert (
+            await store.claim_batch(choose, owner="w", lease_seconds=30, now=utcnow(), limit=5)
+            == []
+        )
+        assert calls == [0]
+
+    async def test_claim_batch_is_exclusive_across_instances(
+        self, store: Store, peer_store: Store
+    ) -> None:
+        ids = [(await add(store, f"t{i}")).id for i in range(30)]
+
+        def take_two(offered: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+            return [(t.id, "h") for t in offered[:2]]
+
+        async def worker(s: Store, name: str) -> list[int]:
+            got: list[int] = []
+            while True:
+                batch = await s.claim_batch(
+                    take_two, owner=name, lease_seconds=30, now=utcnow(), limit=4
+                )
+                if not batch:
+                    return got
+                got.extend(t.id for t in batch)
+
+        results = await asyncio.gather(
+            *(worker(s, f"w{i}") for i, s in enumerate([store, peer_store] * 3))
+        )
+        claimed = [i for r in results for i in r]
+        assert sorted(claimed) == ids

@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -184,35 +184,33 @@ class Dispatcher:
         ]
 
     async def _schedule(self) -> tuple[int, int, bool]:
-        """One pass: plan, claim, start. Returns (tasks started, tasks waiting on capacity,
-        whether the batch of candidates was full)."""
-        now = self.ctx.clock()
-        candidates = await self.store.runnable(now, BATCH)
-        if not candidates:
-            return 0, 0, False
-        running = await self.store.running()
+        """One pass: plan and claim in one store transaction, then start what was claimed.
+        Returns (tasks started, tasks waiting on capacity, whether the batch was full)."""
         lim = self.settings.limits
-        plan = scheduler.plan(
-            candidates,
-            running,
-            self._hosts(),
-            scheduler.Caps(lim.max_concurrent, dict(lim.per_agent)),
+        hosts = self._hosts()
+        caps = scheduler.Caps(lim.max_concurrent, dict(lim.per_agent))
+        seen: list[scheduler.Plan] = []
+        offered = 0
+
+        def choose(candidates: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+            nonlocal offered
+            offered = len(candidates)
+            plan = scheduler.plan(candidates, running, hosts, caps)
+            seen.append(plan)
+            return [(p.task.id, p.host) for p in plan.placements]
+
+        claimed = await self.store.claim_batch(
+            choose,
+            owner=self.owner,
+            lease_seconds=lim.lease_seconds,
+            now=self.ctx.clock(),
+            limit=BATCH,
         )
-        started = 0
-        for placement in plan.placements:
-            task = await self.store.claim(
-                placement.task.id,
-                owner=self.owner,
-                host=placement.host,
-                lease_seconds=lim.lease_seconds,
-                now=now,
-            )
-            if task is None:
-                continue
-            started += 1
-            self._spawn(task, Attempt(self.ctx, task, placement.host).start())
-        waiting = sum(1 for s in plan.skipped if s.waiting)
-        return started, waiting, len(candidates) == BATCH
+        for task in claimed:
+            assert task.assigned_host is not None
+            self._spawn(task, Attempt(self.ctx, task, task.assigned_host).start())
+        waiting = sum(1 for s in seen[0].skipped if s.waiting) if seen else 0
+        return len(claimed), waiting, offered == BATCH
 
     async def _pending(self, waiting: int) -> bool:
         """Burst mode: is there anything worth waiting for?"""

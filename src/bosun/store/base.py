@@ -15,12 +15,15 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from bosun.models import Event, NewEvent, Run, RunStatus, Task, TaskSpec, TaskStatus
+
+#: ``claim_batch``'s planner: (offered runnable tasks, running tasks) -> (task id, host) picks.
+Chooser = Callable[[Sequence[Task], Sequence[Task]], Sequence[tuple[int, str]]]
 
 #: Task columns that ``transition`` / ``update_task`` may set.
 TASK_FIELDS = frozenset(
@@ -127,6 +130,23 @@ class Store(Protocol):
         or its scope collides with a running task."""
         ...
 
+    async def claim_batch(
+        self,
+        choose: Chooser,
+        *,
+        owner: str,
+        lease_seconds: float,
+        now: datetime,
+        limit: int,
+    ) -> list[Task]:
+        """Plan and claim in one atomic step: read up to ``limit`` runnable tasks (as
+        ``runnable``) and every running task, call ``choose(offered, running)`` — pure, no
+        I/O, e.g. ``scheduler.plan`` — and claim each ``(task_id, host)`` it returns, in
+        order, as ``claim`` would. A pick whose scope collides with a running or an
+        earlier-claimed task, or that was not offered, is skipped. ``choose`` is called
+        exactly once (with empty lists when nothing is runnable). Returns what was claimed."""
+        ...
+
     async def heartbeat(self, task_id: int, *, owner: str, lease_seconds: float) -> None:
         """Extend the lease; ``LeaseLost`` when ``owner`` no longer holds it."""
         ...
@@ -201,4 +221,4 @@ class Store(Protocol):
         ...
 
 
-__all__ = ["RUN_FIELDS", "TASK_FIELDS", "RunStatus", "Store", "TaskFilter"]
+__all__ = ["RUN_FIELDS", "TASK_FIELDS", "Chooser", "RunStatus", "Store", "TaskFilter"]

@@ -35,7 +35,7 @@ from bosun.models import (
     TaskSpec,
     TaskStatus,
 )
-from bosun.store.base import TaskFilter
+from bosun.store.base import Chooser, TaskFilter
 from bosun.store.dialects import ops_for
 from bosun.store.rows import (
     aware,
@@ -260,32 +260,83 @@ class SqlStore:
             task = await self._load_task(tx.conn, task_id)
             if not _claimable(task, now) or await self._collides_with_running(tx.conn, task):
                 return None
-            lifecycle.check(task.id, task.status, TaskStatus.RUNNING)
-            attempt = task.attempt + 1
-            claimed = await self._set_task(
-                tx,
-                task_id,
-                {
-                    "status": _RUNNING,
-                    "attempt": attempt,
-                    "assigned_host": host,
-                    "lease_owner": owner,
-                    "lease_expires_at": now + timedelta(seconds=lease_seconds),
-                    "not_before": None,
-                    "error": None,
-                    "error_kind": None,
-                    "updated_at": now,
-                },
+            return await self._take(
+                tx, task, owner=owner, host=host, lease_seconds=lease_seconds, now=now
             )
-            data = {
-                "from": task.status.value,
-                "to": _RUNNING,
-                "reason": "claimed",
-                "host": host,
-                "attempt": attempt,
-            }
-            await self._add_events(tx, [NewEvent("task.status", data, task_id=task_id)], now)
+
+    async def claim_batch(
+        self,
+        choose: Chooser,
+        *,
+        owner: str,
+        lease_seconds: float,
+        now: datetime,
+        limit: int,
+    ) -> list[Task]:
+        """Plan and claim in one write transaction (see the protocol)."""
+        aware(now)
+        params = {"now": now, "limit": _positive(limit, "limit")}
+        async with self._write() as tx:
+            await self._ops.lock_for_claim(tx.conn)
+            offered = await _tasks(tx.conn, _RUNNABLE_STMT, params)
+            if not offered:
+                choose([], [])
+                return []
+            running = await _tasks(tx.conn, sa.select(tasks).where(tasks.c.status == _RUNNING))
+            by_id = {t.id: t for t in offered}
+            busy = list(running)
+            claimed: list[Task] = []
+            for task_id, host in choose(offered, running):
+                task = by_id.pop(task_id, None)
+                if task is None or any(
+                    scopes.collides(task.repo, task.scope, b.repo, b.scope) for b in busy
+                ):
+                    continue
+                taken = await self._take(
+                    tx, task, owner=owner, host=host, lease_seconds=lease_seconds, now=now
+                )
+                busy.append(taken)
+                claimed.append(taken)
             return claimed
+
+    async def _take(
+        self,
+        tx: _Tx,
+        task: Task,
+        *,
+        owner: str,
+        host: str,
+        lease_seconds: float,
+        now: datetime,
+    ) -> Task:
+        """Inside a claim transaction: ``task`` -> running with a lease, and its event."""
+        task_id = task.id
+        lifecycle.check(task.id, task.status, TaskStatus.RUNNING)
+        attempt = task.attempt + 1
+        claimed = await self._set_task(
+            tx,
+            task_id,
+            {
+                "status": _RUNNING,
+                "attempt": attempt,
+                "assigned_host": host,
+                "lease_owner": owner,
+                "lease_expires_at": now + timedelta(seconds=lease_seconds),
+                "not_before": None,
+                "error": None,
+                "error_kind": None,
+                "updated_at": now,
+            },
+        )
+        data = {
+            "from": task.status.value,
+            "to": _RUNNING,
+            "reason": "claimed",
+            "host": host,
+            "attempt": attempt,
+        }
+        await self._add_events(tx, [NewEvent("task.status", data, task_id=task_id)], now)
+        return claimed
 
     async def heartbeat(self, task_id: int, *, owner: str, lease_seconds: float) -> None:
         """Extend ``owner``'s lease; ``LeaseLost`` when someone else holds it."""
