@@ -224,7 +224,8 @@ def test_bad_task_input_exits_2_and_stores_nothing(cfg: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[repos.app]\nurl = 3\n", "url"),
+        ("[repos.app]\nurl = 3\n", "[repos.app] url"),
+        ("[hosts]\n", "[hosts] is empty"),
         ("[limits]\nmax_attempts = 0\n", "max_attempts"),
         ("[hosts.local]\nkind = 'local'\nmax_concurent = 2\n", "max_concurent"),
         ("[agents.x]\nprompt = 'stdin'\n", "command"),

@@ -192,7 +192,7 @@ def test_builtin_demo_spec_runs_the_demo_agent(tmp_path: Path) -> None:
     )
     assert "SECRET_TOKEN" not in cmd.env
     assert cmd.env["HOME"] == f"{run_dir}/home"
-    assert cmd.files == {}
+    assert list(cmd.files) == ["home/.bosun-home"]  # makes the isolated HOME exist
     result = subprocess.run(
         cmd.argv,
         cwd=cmd.cwd,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -282,3 +284,99 @@ async def test_graceful_stop_leaves_agent_running_and_next_dispatcher_adopts_it(
     assert done.status is TaskStatus.COMPLETED
     assert lines == [f"line {i}" for i in range(1, 31)]
     assert len(runs) == 1 and done.attempt == 1
+
+
+async def test_agent_files_land_in_an_isolated_home(make_settings: SettingsFactory) -> None:
+    settings = make_settings(
+        agents={
+            "cfg": {
+                "command": ["sh", "-c", 'test -d "$HOME" && cat "$HOME/.tool/settings.json"'],
+                "files": {"home/.tool/settings.json": '{{"dir": "{run_dir}"}}'},
+            }
+        }
+    )
+    async with await Service.open(settings) as svc:
+        task = await svc.submit(TaskSpec(title="Reads its config", agent="cfg"))
+        await run_burst(svc)
+        done = await svc.get(task.id)
+        lines = await output_lines(svc, task.id)
+    assert done.status is TaskStatus.COMPLETED, done.error
+    assert lines == [f'{{"dir": "{settings.state_dir}/runs/task-{task.id}-attempt-1"}}']
+
+
+async def test_cancel_without_a_dispatcher_records_the_end_of_the_run(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "child.pid"
+    script = f"sleep 300 & echo $! > {pidfile}; echo up; wait"
+    settings = make_settings(agents={"slow": {"command": ["sh", "-c", script]}})
+    async with await Service.open(settings) as svc:
+        task = await svc.submit(TaskSpec(title="Slow", agent="slow"))
+        stop = asyncio.Event()
+        job = asyncio.create_task(
+            Dispatcher(settings, svc.store, make_providers(settings)).run(stop=stop)
+        )
+        async with asyncio.timeout(20):
+            while "up" not in await output_lines(svc, task.id):
+                await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(job, 20)  # bosun is gone; the agent keeps running
+        assert not pid_gone(int(pidfile.read_text()))
+        await svc.cancel(task.id)
+        (run,) = await svc.runs(task.id)
+    assert pid_gone(int(pidfile.read_text()))
+    assert run.status is RunStatus.CANCELLED and run.ended_at is not None
+    assert run.exit_code is not None
+
+
+async def test_a_run_that_cannot_be_reattached_is_retried_not_stranded(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings()
+    async with await Service.open(settings) as svc:
+        task = await svc.submit(TaskSpec(title="Interrupted", repo="app"))
+        # a bosun (pid 999999999 on this machine: dead) claimed it and stored the run, then
+        # died before the launch recorded a process
+        dead = f"{socket.gethostname()}:999999999:deadbeef"
+        now = datetime.now(UTC)
+        claimed = await svc.store.claim(
+            task.id, owner=dead, host="local", lease_seconds=300, now=now
+        )
+        assert claimed is not None
+        await svc.store.add_run(
+            task.id, attempt=1, host="local", agent="echo", ref={"run_dir": "/nonexistent/run"}
+        )
+        await run_burst(svc)
+        done = await svc.get(task.id)
+        runs = await svc.runs(task.id)
+        kinds = [e.kind for e in await svc.events(task.id)]
+    assert done.status is TaskStatus.COMPLETED and done.attempt == 2
+    assert runs[0].status is RunStatus.LOST and runs[0].error_kind is ErrorKind.INTERNAL
+    assert "dispatcher.error" in kinds
+
+
+async def test_a_task_no_host_can_take_is_reported_and_burst_ends(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(
+        agents={"echo": {"command": ["true"]}, "other": {"command": ["true"]}},
+        hosts={"local": {"kind": "local", "agents": ["echo"]}},
+    )
+    async with await Service.open(settings) as svc:
+        task = await svc.submit(TaskSpec(title="Nobody runs me", agent="other"))
+        await run_burst(svc)
+        events = [e for e in await svc.events(task.id) if e.kind == "task.unplaceable"]
+        assert (await svc.get(task.id)).status is TaskStatus.QUEUED
+    assert len(events) == 1 and "other" in events[0].data["reason"]
+
+
+async def test_a_command_that_cannot_be_built_fails_once_without_retries(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(agents={"argy": {"command": ["echo", "{prompt}"], "prompt": "arg"}})
+    async with await Service.open(settings) as svc:
+        task = await svc.submit(TaskSpec(title="Too long", agent="argy", body="x" * 200_000))
+        await run_burst(svc)
+        done = await svc.get(task.id)
+    assert done.status is TaskStatus.FAILED and done.attempt == 1
+    assert done.error_kind is ErrorKind.CONFIG and done.error is not None

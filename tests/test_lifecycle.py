@@ -90,7 +90,7 @@ def test_usage_limit_pauses_until_reset() -> None:
     assert fallback.status is S.PAUSED and fallback.not_before == T0 + timedelta(seconds=2)
 
 
-@pytest.mark.parametrize("kind", [ErrorKind.AUTH, ErrorKind.PERMISSION])
+@pytest.mark.parametrize("kind", [ErrorKind.AUTH, ErrorKind.PERMISSION, ErrorKind.CONFIG])
 def test_auth_and_permission_are_not_retried(kind: ErrorKind) -> None:
     assert decide(Outcome(success=False, error_kind=kind), attempt=1).status is S.FAILED
 

@@ -13,10 +13,11 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bosun.config import Settings, load_settings, write_init
@@ -52,25 +53,27 @@ def _exit_code(exc: BosunError) -> int:
     return 1
 
 
+def _fail(exc: BosunError) -> NoReturn:
+    """Print ``error: ...`` and ``fix: ...`` on stderr and exit with the error's code."""
+    err.print(f"[bold red]error:[/] {escape(exc.message)}")
+    if exc.hint:
+        err.print(f"  [bold]fix:[/] {escape(exc.hint)}")
+    raise typer.Exit(_exit_code(exc)) from None
+
+
 def _run(fn: Callable[[], Awaitable[T]]) -> T:
     """Run an async command body; turn bosun errors into a clear message and exit code."""
     try:
         return asyncio.run(fn())  # type: ignore[arg-type]
     except BosunError as exc:
-        err.print(f"[bold red]error:[/] {exc.message}", markup=True)
-        if exc.hint:
-            err.print(f"  [bold]fix:[/] {exc.hint}", markup=True)
-        raise typer.Exit(_exit_code(exc)) from None
+        _fail(exc)
 
 
 def _settings(config: Path | None) -> Settings:
     try:
         return load_settings(config)
     except BosunError as exc:
-        err.print(f"[bold red]error:[/] {exc.message}")
-        if exc.hint:
-            err.print(f"  [bold]fix:[/] {exc.hint}")
-        raise typer.Exit(_exit_code(exc)) from None
+        _fail(exc)
 
 
 def _print_json(data: Any) -> None:
@@ -100,7 +103,7 @@ def task_table(tasks: list[Task], *, title: str | None = None) -> Table:
         table.add_row(
             str(t.id),
             f"[{style}]{t.status.value}[/]",
-            t.title,
+            escape(t.title),
             t.agent,
             t.assigned_host or "",
             t.branch or "",
@@ -121,10 +124,7 @@ def init(
     try:
         write_init(path, force=force)
     except BosunError as exc:
-        err.print(f"[bold red]error:[/] {exc.message}")
-        if exc.hint:
-            err.print(f"  [bold]fix:[/] {exc.hint}")
-        raise typer.Exit(_exit_code(exc)) from None
+        _fail(exc)
     out.print(f"wrote {path}; edit it, then: bosun submit --title ... && bosun run")
 
 
@@ -164,8 +164,7 @@ def submit(
                 sys.stdin.read() if str(body_file) == "-" else body_file.read_text(encoding="utf-8")
             )
         except (OSError, UnicodeDecodeError) as exc:
-            err.print(f"[bold red]error:[/] cannot read --body-file {body_file}: {exc}")
-            raise typer.Exit(2) from None
+            _fail(InputError(f"cannot read --body-file {body_file}: {exc}", "check the path"))
         body = f"{body}\n\n{text}" if body else text
 
     async def go() -> Task:
@@ -192,7 +191,7 @@ def submit(
     if as_json:
         _print_json(task.to_json())
     else:
-        out.print(f"task {task.id} {task.status.value}: {task.title}")
+        out.print(f"task {task.id} {task.status.value}: {escape(task.title)}")
 
 
 def _status_filter(status: list[str] | None) -> frozenset[TaskStatus] | None:
@@ -285,11 +284,11 @@ def show(task_id: int, config: ConfigOpt = None, as_json: JsonOpt = False) -> No
         if value in (None, [], ""):
             continue
         text = ", ".join(map(str, value)) if isinstance(value, list) else value
-        out.print(f"[bold]{key:>16}[/]: {text}")
+        out.print(f"[bold]{key:>16}[/]: {escape(str(text))}")
     for run in data["runs"]:
         out.print(
             f"[dim]  run {run['id']}: attempt {run['attempt']} on {run['host']} "
-            f"{run['status']} exit={run['exit_code']} {run['error'] or ''}[/]"
+            f"{run['status']} exit={run['exit_code']} {escape(run['error'] or '')}[/]"
         )
 
 
@@ -459,7 +458,8 @@ async def _drain_report(svc: Service) -> None:
             if ev.kind == "task.status":
                 d = ev.data
                 reason = f" ({d['reason']})" if d.get("reason") else ""
-                out.print(f"task {ev.task_id}: {d.get('from') or 'new'} -> {d.get('to')}{reason}")
+                line = f"task {ev.task_id}: {d.get('from') or 'new'} -> {d.get('to')}{reason}"
+                out.print(escape(line))
 
 
 @app.command()

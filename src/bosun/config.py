@@ -49,7 +49,7 @@ __all__ = [
 
 CONFIG_NAME = "bosun.toml"
 ENV_VAR = "BOSUN_CONFIG"
-_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 class _Table(BaseModel):
@@ -227,13 +227,18 @@ def settings_from_data(data: Mapping[str, Any], config_path: str | Path) -> Sett
             if not _NAME.fullmatch(name):
                 raise fail(
                     f"[{table}.{name}]: the name {name!r} is not allowed",
-                    "use letters, digits, '_' and '-' only",
+                    "start with a letter or digit; then letters, digits, '_' and '-' only",
                 )
     try:
         agents = resolve_agents(raw.agents)
     except ConfigError as exc:
         raise fail(exc.message, exc.hint or "fix the [agents] table") from None
     hosts = dict(raw.hosts) if raw.hosts is not None else {"local": HostConfig()}
+    if not hosts:
+        raise fail(
+            "[hosts] is empty: no host could run a task",
+            'add [hosts.local] with kind = "local", or remove the empty [hosts] table',
+        )
     known = ", ".join(sorted(agents))
     for name in raw.limits.per_agent:
         if name not in agents:
@@ -403,7 +408,10 @@ description = "Writes the prompt it receives to NOTES.md (a minimal command agen
 command = ["sh", "-c", "cat > NOTES.md"]
 prompt = "stdin"                # "stdin", "file" or "arg"
 parser = "raw"                  # "raw" (any program) or "jsonl" (one JSON object a line)
-# env_allow = ["PATH", "LANG", "LC_*", "TERM", "TZ"]  # passed through from bosun's env
+# env_allow = ["PATH", "LANG", "LC_*", "MY_API_KEY"]  # replaces the default list of
+#                               # variables passed through from bosun's environment
+#                               # (PATH, LANG, LANGUAGE, LC_*, TERM, TZ, TMPDIR, USER,
+#                               # LOGNAME, SHELL, NO_COLOR, SSL_CERT_*, NODE_EXTRA_CA_CERTS)
 # env = { MY_SETTING = "1" }    # fixed variables for the agent
 # vars = { model = "small" }    # defaults for your own placeholders, like {model}
 # resume = ["--resume", "{session_id}"]  # arguments that continue an agent session

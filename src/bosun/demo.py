@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -178,6 +179,6 @@ def _summary(tasks: list[Task], repo: Path) -> Group:
             t.status.value,
             t.branch or "(scratch dir)",
             " ".join(c[:8] for c in t.commits),
-            (t.result_summary or t.error or "")[-120:],
+            escape((t.result_summary or t.error or "")[-120:]),
         )
     return Group(table)

@@ -18,10 +18,10 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from bosun import scheduler
+from bosun import lifecycle, scheduler
 from bosun.config import Settings
 from bosun.execution import Attempt, Context, utcnow
-from bosun.models import NewEvent, RunStatus, Task, TaskStatus
+from bosun.models import ErrorKind, NewEvent, Outcome, RunStatus, Task, TaskStatus
 from bosun.providers.base import Provider
 from bosun.store.base import Store
 from bosun.workspace import Workspace
@@ -76,6 +76,7 @@ class Dispatcher:
         self.ctx = Context(settings, store, providers, workspaces, self.owner, clock)
         self._active: dict[int, asyncio.Task[None]] = {}
         self._slot_freed = asyncio.Event()
+        self._unplaceable: dict[int, str] = {}
         self._on_event = on_event
 
     # -- public ------------------------------------------------------------------------
@@ -153,21 +154,71 @@ class Dispatcher:
                 await coro
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a bug must not kill the loop; the lease will expire
+            except Exception as exc:  # a bug must not kill the loop nor strand the task
                 log.exception("task %s: attempt crashed", task.id)
                 with contextlib.suppress(Exception):
-                    await self.store.append_event(
-                        NewEvent(
-                            "dispatcher.error",
-                            {"error": f"{type(exc).__name__}: {exc}"},
-                            task_id=task.id,
-                        )
-                    )
+                    await self._after_crash(task, exc)
             finally:
                 self._active.pop(task.id, None)
                 self._slot_freed.set()
 
         self._active[task.id] = asyncio.create_task(guarded(), name=f"bosun-task-{task.id}")
+
+    async def _after_crash(self, task: Task, exc: Exception) -> None:
+        """An attempt failed inside bosun (a bug, or a run that cannot be re-attached):
+        stop its run if one is known, record it, and let the lifecycle retry or fail the
+        task, so it never stays ``running`` under a lease nobody follows."""
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        await self.store.append_event(
+            NewEvent("dispatcher.error", {"error": message}, task_id=task.id)
+        )
+        now = self.ctx.clock()
+        for run in await self.store.list_runs(task.id):
+            if run.attempt != task.attempt or run.ended_at is not None:
+                continue
+            provider = self.ctx.providers.get(run.host)
+            if provider is not None and "run_dir" in run.ref:
+                with contextlib.suppress(Exception):
+                    handle = await provider.attach(run.ref)
+                    await handle.cancel(self.settings.limits.cancel_grace)
+            await self.store.update_run(
+                run.id,
+                status=RunStatus.LOST,
+                error_kind=ErrorKind.INTERNAL,
+                error=message,
+                ended_at=now,
+            )
+        current = await self.store.get_task(task.id)
+        if current.status is not TaskStatus.RUNNING or current.lease_owner != self.owner:
+            return
+        lim = self.settings.limits
+        decision = lifecycle.after_run(
+            Outcome(success=False, error_kind=ErrorKind.INTERNAL, error=message),
+            attempt=current.attempt,
+            max_attempts=current.max_attempts,
+            now=now,
+            backoff_base=lim.retry_backoff,
+            backoff_cap=lim.retry_backoff_max,
+        )
+        await self.store.transition(
+            task.id,
+            decision.status,
+            owner=self.owner,
+            reason=decision.reason,
+            error=message,
+            error_kind=ErrorKind.INTERNAL,
+            not_before=decision.not_before,
+        )
+
+    async def _report_unplaceable(self, skipped: Sequence[scheduler.Skip]) -> None:
+        """Say once (per reason) why a task can never be placed as configured."""
+        for skip in skipped:
+            if skip.waiting or self._unplaceable.get(skip.task.id) == skip.reason:
+                continue
+            self._unplaceable[skip.task.id] = skip.reason
+            await self.store.append_event(
+                NewEvent("task.unplaceable", {"reason": skip.reason}, task_id=skip.task.id)
+            )
 
     def _hosts(self) -> list[scheduler.HostSlot]:
         return [
@@ -210,6 +261,8 @@ class Dispatcher:
             assert task.assigned_host is not None
             self._spawn(task, Attempt(self.ctx, task, task.assigned_host).start())
         waiting = sum(1 for s in seen[0].skipped if s.waiting) if seen else 0
+        if seen:
+            await self._report_unplaceable(seen[0].skipped)
         return len(claimed), waiting, offered == BATCH
 
     async def _pending(self, waiting: int) -> bool:

@@ -10,7 +10,8 @@ Every error a user can cause says what was wrong and how to fix it. Library erro
     ├── InvalidTransition    a task state change the lifecycle does not allow
     ├── StoreError           the database could not be opened or migrated
     ├── WorkspaceError       git could not prepare, commit or clean a worktree
-    └── ProviderError        a command could not be launched or followed on a host
+    ├── ProviderError        a command could not be launched or followed on a host
+    └── LeaseLost            another dispatcher (or a cancel) took a task this one ran
 """
 
 from __future__ import annotations

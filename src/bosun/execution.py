@@ -21,7 +21,7 @@ from bosun import lifecycle
 from bosun.agents import AgentSpec, get_parser
 from bosun.agents.parsers import Parser
 from bosun.config import Settings
-from bosun.errors import BosunError, LeaseLost, NotFound
+from bosun.errors import BosunError, ConfigError, InputError, LeaseLost, NotFound
 from bosun.models import ErrorKind, NewEvent, Outcome, Run, RunStatus, Task, TaskStatus
 from bosun.prompt import build_prompt
 from bosun.providers.base import Provider, RunHandle
@@ -414,6 +414,8 @@ class Attempt:
         return self.task.repo is not None and self.ctx.settings.repos[self.task.repo].push
 
     async def _fail_before_launch(self, kind: ErrorKind, exc: BosunError) -> None:
+        if isinstance(exc, ConfigError | InputError):
+            kind = ErrorKind.CONFIG  # the same spec and task would fail the same way again
         outcome = Outcome(
             success=False,
             error_kind=kind,

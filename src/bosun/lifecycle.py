@@ -110,7 +110,7 @@ def after_run(
             seconds=backoff(attempt, backoff_base, backoff_cap)
         )
         return Decision(S.PAUSED, "usage limit reached", not_before=wait)
-    if kind in (ErrorKind.AUTH, ErrorKind.PERMISSION):
+    if kind in (ErrorKind.AUTH, ErrorKind.PERMISSION, ErrorKind.CONFIG):
         return Decision(S.FAILED, f"{kind.value} error; not retried")
     if attempt >= max_attempts:
         return Decision(S.FAILED, f"failed after {attempt} attempt(s)")

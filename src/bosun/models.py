@@ -55,6 +55,8 @@ class ErrorKind(enum.StrEnum):
     WORKSPACE = "workspace"  # git failed before or after the run
     LOST = "lost"
     CANCELLED = "cancelled"
+    CONFIG = "config"  # the agent spec or the task cannot make a valid command: not retried
+    INTERNAL = "internal"  # a bug in bosun while running the attempt
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,12 +9,23 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from bosun import lifecycle, scopes
 from bosun.config import Settings
 from bosun.errors import BosunError, InputError
-from bosun.models import Event, ExecutionMode, NewEvent, Run, RunStatus, Task, TaskSpec, TaskStatus
+from bosun.models import (
+    ErrorKind,
+    Event,
+    ExecutionMode,
+    NewEvent,
+    Run,
+    RunStatus,
+    Task,
+    TaskSpec,
+    TaskStatus,
+)
 from bosun.providers.base import Provider
 from bosun.providers.local import LocalProvider
 from bosun.store import open_store
@@ -203,6 +214,15 @@ class Service:
                 try:
                     handle = await provider.attach(run.ref)
                     await handle.cancel(self.settings.limits.cancel_grace)
+                    # Record the end here too: no dispatcher may be following this run.
+                    await self.store.update_run(
+                        run.id,
+                        status=RunStatus.CANCELLED,
+                        exit_code=await handle.exit_code(),
+                        error_kind=ErrorKind.CANCELLED,
+                        error="cancelled by a user",
+                        ended_at=datetime.now(UTC),
+                    )
                 except BosunError as exc:
                     await self.store.append_event(
                         NewEvent(

@@ -205,6 +205,9 @@ class AgentSpec:
             stdin = prompt.encode("utf-8", "replace")
         elif self.prompt is PromptDelivery.FILE:
             files[_PROMPT_FILE] = prompt.encode("utf-8", "replace")
+        if self.isolated_home and not any(p.startswith("home/") for p in files):
+            # the provider creates a file's parent directories: this makes HOME exist
+            files["home/.bosun-home"] = b"This directory is the agent's HOME for one run.\n"
         return Command(argv=argv, cwd=workdir, env=env, stdin=stdin, files=files)
 
     def version_argv(self) -> tuple[str, ...]:

@@ -353,7 +353,9 @@ class LocalProvider:
         self._check_launch(command, run_dir, cwd)
         try:
             for name, data in command.files.items():
-                _write_file(os.path.join(run_dir, name), data)
+                target = os.path.join(run_dir, name)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                _write_file(target, data)
             if command.stdin is not None:
                 _write_file(os.path.join(run_dir, "stdin"), command.stdin)
             for stream in ("stdout", "stderr"):
@@ -413,19 +415,20 @@ class LocalProvider:
                 hint="prepare the workspace before launching the agent",
             )
         for name in command.files:
+            parts = name.split("/")
             bad = (
                 not name
-                or "/" in name
                 or "\0" in name
-                or name in (".", "..")
-                or name in _RESERVED
+                or name.startswith("/")
+                or any(p in ("", ".", "..") for p in parts)
+                or parts[0] in _RESERVED
                 or name.endswith(".tmp")
             )
             if bad:
                 raise ProviderError(
                     f"invalid run file name {name!r}",
-                    hint="use a plain file name (no '/', not '..', not a reserved name like "
-                    "'stdout', 'exit' or '*.tmp')",
+                    hint="use a path relative to the run directory (like home/.tool/config.json; "
+                    "no '..', not a reserved name like 'stdout', 'exit' or '*.tmp')",
                 )
 
     async def _reap(self, pid: int, run_dir: str) -> None:

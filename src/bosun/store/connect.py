@@ -38,7 +38,10 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: there is opened without importing alembic, which saves a CLI call a quarter second.
 HEAD_REVISION = "0001"
 BUSY_TIMEOUT_MS = 10_000
-_URL_HINT = "use a URL like sqlite:///path/to/bosun.db (relative to the current directory)"
+_URL_HINT = (
+    "use a URL like sqlite:///path/to/bosun.db (in bosun.toml, a relative path is relative "
+    "to the directory of bosun.toml)"
+)
 
 _PRAGMAS = (
     f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
