@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -45,6 +45,24 @@ def utcnow() -> datetime:
 async def add(store: Store, title: str = "task", **spec: Any) -> Task:
     """Submit a task with a default of 3 attempts."""
     return await store.add_task(TaskSpec(title=title, **spec), max_attempts=3)
+
+
+async def wakes_on_peer_submit(wait: Coroutine[Any, Any, None], peer: Store) -> None:
+    """Submit through ``peer`` until ``wait`` returns (it fails the test if it never does).
+
+    Keep writing until the waiter notices: it may still be taking its baseline when the
+    first write lands, which then does not count as a change."""
+    waiter = asyncio.ensure_future(wait)
+    try:
+        for i in range(100):
+            await add(peer, f"from the peer {i}")
+            done, _ = await asyncio.wait({waiter}, timeout=0.1)
+            if done:
+                break
+        assert waiter.done()
+        waiter.result()
+    finally:
+        waiter.cancel()
 
 
 def path_to(target: TaskStatus) -> list[TaskStatus]:
@@ -760,19 +778,7 @@ class StoreContract:
     async def test_wait_for_change_wakes_on_other_instance_write(
         self, store: Store, peer_store: Store
     ) -> None:
-        waiter = asyncio.ensure_future(store.wait_for_change(60))
-        try:
-            # Keep writing until the waiter notices: it may still be taking its baseline
-            # when the first write lands, which then does not count as a change.
-            for i in range(100):
-                await add(peer_store, f"from the peer {i}")
-                done, _ = await asyncio.wait({waiter}, timeout=0.1)
-                if done:
-                    break
-            assert waiter.done()
-            waiter.result()
-        finally:
-            waiter.cancel()
+        await wakes_on_peer_submit(store.wait_for_change(60), peer_store)
 
     async def test_wait_for_work_wakes_on_submit_and_requeue(self, store: Store) -> None:
         waiter = asyncio.ensure_future(store.wait_for_work(60))
@@ -800,17 +806,7 @@ class StoreContract:
     async def test_wait_for_work_wakes_on_other_instance_submit(
         self, store: Store, peer_store: Store
     ) -> None:
-        waiter = asyncio.ensure_future(store.wait_for_work(60))
-        try:
-            for i in range(100):
-                await add(peer_store, f"from the peer {i}")
-                done, _ = await asyncio.wait({waiter}, timeout=0.1)
-                if done:
-                    break
-            assert waiter.done()
-            waiter.result()
-        finally:
-            waiter.cancel()
+        await wakes_on_peer_submit(store.wait_for_work(60), peer_store)
 
     # -- claim_batch: plan and claim in one transaction ---------------------------------
     async def test_claim_batch_claims_the_picks_in_order(self, store: Store) -> None:

@@ -267,7 +267,9 @@ async def test_stdin_and_files_are_delivered(
     assert await drain(no_stdin) == {"stdout": [], "stderr": []}
 
 
-@pytest.mark.parametrize("name", ["../evil", "a/../b", "/abs", "stdout/x", "..", "", "stdout", "exit", "x.tmp"])
+@pytest.mark.parametrize(
+    "name", ["../evil", "a/../b", "/abs", "stdout/x", "..", "", "stdout", "exit", "x.tmp"]
+)
 async def test_bad_file_names_are_refused(
     provider: LocalProvider, tmp_path: Path, name: str
 ) -> None:

@@ -298,13 +298,7 @@ class LocalProvider:
     async def ensure_ready(self) -> None:
         """Create ``root/runs`` and check that it is writable."""
         runs = os.path.join(self._root, "runs")
-        try:
-            os.makedirs(runs, exist_ok=True)
-        except OSError as exc:
-            raise ProviderError(
-                f"cannot create the run directory root {runs}: {exc.strerror}",
-                hint="choose a writable state directory for bosun",
-            ) from exc
+        await self.makedirs(runs)
         if not os.access(runs, os.W_OK | os.X_OK):
             raise ProviderError(
                 f"the run directory root {runs} is not writable",

@@ -502,25 +502,20 @@ class SqlStore:
         """Return when a task may have become claimable: at once for a submit or status
         change by this process; within the poll interval for any event written by another
         process; else after ``timeout`` seconds."""
-        fired = self._work
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        baseline = self._seen_event_id
-        while (remaining := deadline - loop.time()) > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(self._poll_interval, remaining)):
-                    await fired.wait()
-                    return
-            if await self._last_event_id() != baseline:
-                return
+        # The last id this process polled is baseline enough: a spurious wake-up costs one
+        # scheduling pass, while a query here would cost one on every wait.
+        await self._wait(self._work, timeout, self._seen_event_id)
 
     async def wait_for_change(self, timeout: float) -> None:
         """Return on a write by this process (at once), a new event written by another
         process (within the poll interval), or after ``timeout`` seconds."""
-        fired = self._changed
+        await self._wait(self._changed, timeout, await self._last_event_id())
+
+    async def _wait(self, fired: asyncio.Event, timeout: float, baseline: int) -> None:
+        """Until ``fired`` is set, the newest event id differs from ``baseline`` (polled),
+        or ``timeout`` seconds have passed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        baseline = await self._last_event_id()
         while (remaining := deadline - loop.time()) > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(self._poll_interval, remaining)):
