@@ -891,3 +891,12 @@ class StoreContract:
         )
         claimed = [i for r in results for i in r]
         assert sorted(claimed) == ids
+
+    async def test_last_event_id_is_the_newest_cursor(
+        self, store: Store, peer_store: Store
+    ) -> None:
+        assert await store.last_event_id() == 0
+        await add(store)
+        await add(peer_store)
+        newest = (await store.events_since(0))[-1].id
+        assert await store.last_event_id() == newest == await peer_store.last_event_id()

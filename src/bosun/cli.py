@@ -416,49 +416,42 @@ async def _dispatch(settings: Settings, *, burst: bool, quiet: bool) -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-        start = await svc.store.events_since(0, limit=1)  # noqa: F841 - warm the connection
-        reporter = None if quiet else asyncio.create_task(_report(svc, stop))
+        reporter = None if quiet else Reporter(svc, await svc.store.last_event_id())
+        watching = None if reporter is None else asyncio.create_task(reporter.follow(stop))
         dispatcher = Dispatcher(settings, svc.store, make_providers(settings))
         try:
             await dispatcher.run(burst=burst, stop=stop)
         finally:
-            if reporter is not None:
-                await asyncio.sleep(0)
-                reporter.cancel()
-                await asyncio.gather(reporter, return_exceptions=True)
-                await _drain_report(svc)
+            stop.set()
+            if watching is not None and reporter is not None:
+                await asyncio.gather(watching, return_exceptions=True)
+                await reporter.drain()
 
 
-_report_cursor = 0
+class Reporter:
+    """Prints status changes (and why a task cannot be placed) as the dispatcher works."""
 
+    def __init__(self, svc: Service, cursor: int) -> None:
+        self.svc = svc
+        self.cursor = cursor
 
-async def _report(svc: Service, stop: asyncio.Event) -> None:
-    global _report_cursor
-    evs = await svc.store.events_since(0, limit=1)
-    latest = await _latest_cursor(svc)
-    _report_cursor = latest
-    del evs
-    while not stop.is_set():
-        await _drain_report(svc)
-        await svc.store.wait_for_change(0.5)
+    async def follow(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.drain()
+            await self.svc.store.wait_for_change(0.5)
 
-
-async def _latest_cursor(svc: Service) -> int:
-    cursor = 0
-    while batch := await svc.store.events_since(cursor, limit=5000):
-        cursor = batch[-1].id
-    return cursor
-
-
-async def _drain_report(svc: Service) -> None:
-    global _report_cursor
-    while batch := await svc.store.events_since(_report_cursor, limit=1000):
-        for ev in batch:
-            _report_cursor = ev.id
-            if ev.kind == "task.status":
+    async def drain(self) -> None:
+        while batch := await self.svc.store.events_since(self.cursor, limit=1000):
+            for ev in batch:
+                self.cursor = ev.id
                 d = ev.data
-                reason = f" ({d['reason']})" if d.get("reason") else ""
-                line = f"task {ev.task_id}: {d.get('from') or 'new'} -> {d.get('to')}{reason}"
+                if ev.kind == "task.status":
+                    reason = f" ({d['reason']})" if d.get("reason") else ""
+                    line = f"task {ev.task_id}: {d.get('from') or 'new'} -> {d.get('to')}{reason}"
+                elif ev.kind == "task.unplaceable":
+                    line = f"task {ev.task_id}: cannot be placed: {d.get('reason')}"
+                else:
+                    continue
                 out.print(escape(line))
 
 

@@ -207,6 +207,10 @@ class Store(Protocol):
         """Events with ``id > cursor`` in id order, optionally for one task."""
         ...
 
+    async def last_event_id(self) -> int:
+        """The newest event's id (0 when there is none): a cursor for "from now on"."""
+        ...
+
     async def wait_for_work(self, timeout: float) -> None:
         """Return when a task may have become claimable (submitted, re-queued, or a running
         task left ``running``): by this process, at once; by another process, within the

@@ -525,6 +525,10 @@ class SqlStore:
                 return
 
     # -- helpers -------------------------------------------------------------------------
+    async def last_event_id(self) -> int:
+        """The newest event's id (0 when there is none)."""
+        return await self._last_event_id()
+
     async def _last_event_id(self) -> int:
         async with self._read() as conn:
             last = int(await conn.scalar(sa.select(sa.func.max(events.c.id))) or 0)
