@@ -88,13 +88,18 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         try:
             await self.recover()
-            recovered_at = loop.time()
+            recovered_at = unpaused_at = loop.time()
+            await self._unpause()
             while not stop.is_set():
-                if loop.time() - recovered_at >= self.settings.limits.heartbeat_seconds:
+                now = loop.time()
+                if now - recovered_at >= self.settings.limits.heartbeat_seconds:
                     # another dispatcher on this database may have died: adopt its runs
                     await self.recover()
-                    recovered_at = loop.time()
-                await self._unpause()
+                    recovered_at = now
+                if now - unpaused_at >= self.settings.limits.poll_interval:
+                    # kept off the hot path: a submit should reach claim_batch directly
+                    await self._unpause()
+                    unpaused_at = now
                 placed, waiting, full = await self._schedule()
                 if burst and not self._active and not placed and not await self._pending(waiting):
                     break
