@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,20 @@ def git(repo: Path, *args: str) -> str:
         env={**os.environ, **GIT_ENV},
     )
     return done.stdout.strip()
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_runs(tmp_path: Path) -> Iterator[None]:
+    """After each test, kill the process group of every agent run it started that is
+    still alive (found by the run directories' pid files), even when the test failed."""
+    yield
+    for pidfile in tmp_path.rglob("runs/*/pid"):
+        try:
+            pgid = int(pidfile.read_text())
+        except (OSError, ValueError):
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ Nothing here knows which backend it runs on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter, deque
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime, timedelta, timezone
@@ -900,3 +901,19 @@ class StoreContract:
         await add(peer_store)
         newest = (await store.events_since(0))[-1].id
         assert await store.last_event_id() == newest == await peer_store.last_event_id()
+
+    async def test_a_cancelled_write_does_not_block_later_writes(
+        self, store: Store, peer_store: Store
+    ) -> None:
+        # Cancel writers at many points of their transaction; an abandoned transaction
+        # would hold the database's write lock and every later write would hang.
+        # After each one the other instance must be able to write: the 5 s limit is a hang
+        # detector (a stuck lock lasts until SQLite's 10 s busy timeout), not a speed check.
+        for step in range(60):
+            job = asyncio.ensure_future(add(store, f"cancelled {step}"))
+            await asyncio.sleep(step * 0.0002)
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+            await asyncio.wait_for(add(peer_store, f"after {step}, from the peer"), 5)
+        await asyncio.wait_for(add(store, "after"), 5)

@@ -64,6 +64,22 @@ async def start(
     return run
 
 
+def group_members(pgid: int) -> set[int]:
+    """Live (non-zombie) processes in process group ``pgid``, from /proc."""
+    members: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.add(int(entry))
+    return members
+
+
 async def wait_exit(run: RunHandle, limit: float = 15.0) -> int:
     for _ in range(int(limit / 0.02)):
         code = await run.exit_code()
@@ -326,6 +342,11 @@ async def test_killed_wrapper_still_gets_an_exit_code(
 ) -> None:
     run = await start(provider, pgids, "wrapper", ["sleep", "300"], tmp_path)
     await wait_file(Path(run.run_dir) / "pid")
+    # the wrapper writes its pid before it forks the agent: wait for the agent to exist
+    for _ in range(750):
+        if group_members(run.ref["pgid"]) - {run.ref["pid"]}:
+            break
+        await asyncio.sleep(0.02)
     os.kill(run.ref["pid"], signal.SIGKILL)  # only the wrapper, not its group
     assert await wait_exit(run) == 137  # recorded by the reaper
     assert await run.alive()  # the agent itself still runs

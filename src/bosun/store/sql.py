@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import CursorResult, RowMapping
@@ -57,6 +58,33 @@ SINGLE_READ_OPTION = "bosun_single_read"
 
 _RUNNABLE = tuple(sorted(s.value for s in lifecycle.RUNNABLE))
 _RUNNING = TaskStatus.RUNNING.value
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _shielded(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Run a write to its end (commit or rollback) even when its caller is cancelled.
+
+    A transaction abandoned half-way by a cancelled task would leave SQLite's write lock
+    on a pooled connection, and every later write would fail with "database is locked".
+    The caller still sees the cancellation at once; the write finishes in the background.
+    """
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        inner = asyncio.ensure_future(method(*args, **kwargs))
+        inner.add_done_callback(_retrieve)
+        return await asyncio.shield(inner)
+
+    return wrapper
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    # The caller may be gone (cancelled); consume the outcome so nothing is logged as lost.
+    if not task.cancelled():
+        task.exception()
 
 
 def _utcnow() -> datetime:
@@ -147,6 +175,7 @@ class SqlStore:
         fired.set()
 
     # -- tasks ---------------------------------------------------------------------------
+    @_shielded
     async def add_task(self, spec: TaskSpec, *, max_attempts: int) -> Task:
         """Store ``spec`` as blocked (a dependency is not completed) or queued."""
         now = _utcnow()
@@ -195,6 +224,7 @@ class SqlStore:
         async with self._read() as conn:
             return await _tasks(conn, stmt)
 
+    @_shielded
     async def transition(
         self,
         task_id: int,
@@ -228,6 +258,7 @@ class SqlStore:
                 tx.new_work()
             return updated
 
+    @_shielded
     async def update_task(self, task_id: int, *, owner: str | None = None, **fields: Any) -> Task:
         """Set ``fields`` (names from ``TASK_FIELDS``) without a status change."""
         values = task_values(fields)
@@ -247,6 +278,7 @@ class SqlStore:
         async with self._read() as conn:
             return await _tasks(conn, _RUNNABLE_STMT, params)
 
+    @_shielded
     async def claim(
         self, task_id: int, *, owner: str, host: str, lease_seconds: float, now: datetime
     ) -> Task | None:
@@ -264,6 +296,7 @@ class SqlStore:
                 tx, task, owner=owner, host=host, lease_seconds=lease_seconds, now=now
             )
 
+    @_shielded
     async def claim_batch(
         self,
         choose: Chooser,
@@ -338,6 +371,7 @@ class SqlStore:
         await self._add_events(tx, [NewEvent("task.status", data, task_id=task_id)], now)
         return claimed
 
+    @_shielded
     async def heartbeat(self, task_id: int, *, owner: str, lease_seconds: float) -> None:
         """Extend ``owner``'s lease; ``LeaseLost`` when someone else holds it."""
         now = _utcnow()
@@ -353,6 +387,7 @@ class SqlStore:
             touch = {"lease_expires_at": expires, "updated_at": now}
             await tx.write(sa.update(tasks).where(tasks.c.id == task_id).values(**touch))
 
+    @_shielded
     async def take_over(
         self,
         task_id: int,
@@ -404,6 +439,7 @@ class SqlStore:
             return await _tasks(conn, stmt)
 
     # -- runs ----------------------------------------------------------------------------
+    @_shielded
     async def add_run(
         self, task_id: int, *, attempt: int, host: str, agent: str, ref: dict[str, Any]
     ) -> Run:
@@ -429,6 +465,7 @@ class SqlStore:
             stmt = sa.select(runs).where(runs.c.task_id == task_id).order_by(runs.c.id)
             return [run_from_row(r) for r in (await conn.execute(stmt)).mappings()]
 
+    @_shielded
     async def update_run(self, run_id: int, **fields: Any) -> Run:
         """Set ``fields`` (names from ``RUN_FIELDS``) of a run."""
         values = run_values(fields)
@@ -442,6 +479,7 @@ class SqlStore:
                 raise _not_found("run", run_id)
             return run_from_row(row)
 
+    @_shielded
     async def append_output(
         self,
         run_id: int,
@@ -471,6 +509,7 @@ class SqlStore:
             return await self._add_events(tx, stamped, now)
 
     # -- events --------------------------------------------------------------------------
+    @_shielded
     async def append_event(self, event: NewEvent) -> Event:
         """Append one event; its task and run, when given, must exist."""
         async with self._write() as tx:
