@@ -917,3 +917,12 @@ class StoreContract:
                 await job
             await asyncio.wait_for(add(peer_store, f"after {step}, from the peer"), 5)
         await asyncio.wait_for(add(store, "after"), 5)
+
+    async def test_add_run_may_record_a_run_already_running(self, store: Store) -> None:
+        task = await add(store)
+        run = await store.add_run(
+            task.id, attempt=1, host="h", agent="a", ref={"pid": 7}, status=RunStatus.RUNNING
+        )
+        assert (await store.get_run(run.id)).status is RunStatus.RUNNING
+        default = await store.add_run(task.id, attempt=1, host="h", agent="a", ref={})
+        assert default.status is RunStatus.STARTING

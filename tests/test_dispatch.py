@@ -12,8 +12,10 @@ import pytest
 
 from bosun.dispatcher import Dispatcher
 from bosun.errors import InputError
+from bosun.execution import run_key
 from bosun.models import ErrorKind, RunStatus, Task, TaskSpec, TaskStatus
 from bosun.service import Service, make_providers
+from bosun.workspace import Workspace
 from tests.conftest import SettingsFactory, git
 
 
@@ -380,3 +382,33 @@ async def test_a_command_that_cannot_be_built_fails_once_without_retries(
         done = await svc.get(task.id)
     assert done.status is TaskStatus.FAILED and done.attempt == 1
     assert done.error_kind is ErrorKind.CONFIG and done.error is not None
+
+
+async def test_a_run_launched_but_never_recorded_is_adopted(make_settings: SettingsFactory) -> None:
+    settings = make_settings(agents={"count": {"command": ["sh", "-c", "seq 1 5"]}})
+    async with await Service.open(settings) as svc:
+        task = await svc.submit(TaskSpec(title="Launched, then bosun died", agent="count"))
+        dead = f"{socket.gethostname()}:999999999:deadbeef"
+        now = datetime.now(UTC)
+        claimed = await svc.store.claim(
+            task.id, owner=dead, host="local", lease_seconds=300, now=now
+        )
+        assert claimed is not None
+        # what the dead bosun did: prepare, launch; it died before add_run
+        provider = make_providers(settings)["local"]
+        workspace = Workspace(provider, str(settings.state_dir))
+        wt = await workspace.prepare(task.id, task.title, None)
+        run_dir = await provider.run_dir(run_key(task.id, 1))
+        spec = settings.agents["count"]
+        command = spec.build(prompt="p", workdir=wt.path, run_dir=run_dir, environ=os.environ)
+        await provider.launch(command, run_dir)
+        await provider.aclose()
+        await run_burst(svc)
+        done = await svc.get(task.id)
+        runs = await svc.runs(task.id)
+        lines = await output_lines(svc, task.id)
+        events = [e.kind for e in await svc.events(task.id)]
+    assert done.status is TaskStatus.COMPLETED and done.attempt == 1
+    assert len(runs) == 1 and runs[0].exit_code == 0
+    assert lines == ["1", "2", "3", "4", "5"]
+    assert "run.reattached" in events

@@ -140,15 +140,15 @@ class Dispatcher:
 
     async def _reattach(self, task: Task, host: str) -> None:
         runs = [r for r in await self.store.list_runs(task.id) if r.attempt == task.attempt]
-        run = runs[-1] if runs else None
-        if (
-            run is None
-            or run.status not in (RunStatus.STARTING, RunStatus.RUNNING)
-            or "run_dir" not in run.ref
-        ):
-            await self._requeue(task, "bosun stopped before the run was launched")
+        attempt = Attempt(self.ctx, task, host)
+        if not runs:
+            # Launched but not recorded, or never launched: the run key tells which.
+            if not await attempt.adopt():
+                await self._requeue(task, "bosun stopped before the run was launched")
             return
-        await Attempt(self.ctx, task, host).resume(run)
+        # Whatever the run's state (even ended, if bosun died while settling it), following
+        # it from its stored offsets finishes the attempt exactly once.
+        await attempt.resume(runs[-1])
 
     async def _requeue(self, task: Task, reason: str) -> None:
         await self.store.transition(task.id, TaskStatus.QUEUED, owner=self.owner, reason=reason)

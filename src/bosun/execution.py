@@ -92,7 +92,7 @@ class Attempt:
             attempt=task.attempt,
             previous_error=task.error if task.attempt > 1 else None,
         )
-        key = f"task-{task.id}-attempt-{task.attempt}"
+        key = run_key(task.id, task.attempt)
         try:
             run_dir = await self.provider.run_dir(key)
             command = self.spec.build(
@@ -105,23 +105,21 @@ class Attempt:
         except BosunError as exc:
             await self._fail_before_launch(ErrorKind.LAUNCH, exc)
             return
-        ref: dict[str, Any] = {"run_dir": run_dir, **_wt_ref(wt)}
-        run = await store.add_run(
-            task.id, attempt=task.attempt, host=self.host, agent=task.agent, ref=ref
-        )
         try:
             handle = await self.provider.launch(command, run_dir)
         except BosunError as exc:
-            await store.update_run(
-                run.id,
-                status=RunStatus.FAILED,
-                error_kind=ErrorKind.LAUNCH,
-                error=exc.message,
-                ended_at=self.ctx.clock(),
-            )
             await self._fail_before_launch(ErrorKind.LAUNCH, exc)
             return
-        run = await store.update_run(run.id, status=RunStatus.RUNNING, ref={**ref, **handle.ref})
+        # Recorded after the launch, off the path to the agent's start. A crash in between
+        # loses nothing: the run key names the run directory, where ``adopt`` finds it.
+        run = await store.add_run(
+            task.id,
+            attempt=task.attempt,
+            host=self.host,
+            agent=task.agent,
+            ref={**_wt_ref(wt), **handle.ref},
+            status=RunStatus.RUNNING,
+        )
         await store.append_event(
             NewEvent(
                 "run.started",
@@ -141,6 +139,34 @@ class Attempt:
             )
         )
         await self._follow_and_finish(run, handle, wt)
+
+    async def adopt(self) -> bool:
+        """Recovery of an attempt whose launch was never recorded (bosun died right after
+        it): find the run by its key and follow it; False when it never started."""
+        run_dir = await self.provider.run_dir(run_key(self.task.id, self.task.attempt))
+        try:
+            handle = await self.provider.attach({"run_dir": run_dir})
+        except BosunError:
+            return False
+        wt = await self._prepare()  # the worktree exists: this finds it again
+        run = await self.ctx.store.add_run(
+            self.task.id,
+            attempt=self.task.attempt,
+            host=self.host,
+            agent=self.task.agent,
+            ref={**_wt_ref(wt), **handle.ref},
+            status=RunStatus.RUNNING,
+        )
+        await self.ctx.store.append_event(
+            NewEvent(
+                "run.reattached",
+                {"run_id": run.id, "host": self.host, "recorded_late": True},
+                task_id=self.task.id,
+                run_id=run.id,
+            )
+        )
+        await self._follow_and_finish(run, handle, wt)
+        return True
 
     async def resume(self, run: Run) -> None:
         """Re-attach to ``run`` (launched by an earlier bosun) and see it to the end."""
@@ -429,6 +455,11 @@ class Attempt:
             )
         )
         await self._settle(outcome, [], Worktree(path="", branch=None, base_sha=None, repo=None))
+
+
+def run_key(task_id: int, attempt: int) -> str:
+    """The run directory's name: one per attempt, known before anything is recorded."""
+    return f"task-{task_id}-attempt-{attempt}"
 
 
 def _kill_message(kind: ErrorKind, spec: AgentSpec, ctx: Context) -> str:

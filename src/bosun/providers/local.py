@@ -436,6 +436,10 @@ class LocalProvider:
     async def attach(self, ref: Mapping[str, Any]) -> RunHandle:
         """The handle of a run from ``ref``, possibly started by an earlier bosun."""
         run_dir, pid, pgid = ref.get("run_dir"), ref.get("pid"), ref.get("pgid")
+        if isinstance(run_dir, str) and pid is None and pgid is None:
+            # Only the run directory is known (bosun stopped between the launch and
+            # recording it): the wrapper's pid file says which process group it is.
+            pid = pgid = await asyncio.to_thread(_read_pid, run_dir)
         if not (isinstance(run_dir, str) and isinstance(pid, int) and isinstance(pgid, int)):
             raise ProviderError(
                 f"malformed local run reference {dict(ref)!r}",
@@ -520,6 +524,17 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         await proc.wait()
+
+
+def _read_pid(run_dir: str) -> int:
+    try:
+        with open(os.path.join(run_dir, "pid"), encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError) as exc:
+        raise ProviderError(
+            f"no run was started in {run_dir} (no readable pid file)",
+            hint="the attempt never launched; it can be retried",
+        ) from exc
 
 
 def _write_file(path: str, data: bytes) -> None:

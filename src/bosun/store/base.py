@@ -175,8 +175,17 @@ class Store(Protocol):
 
     # -- runs --------------------------------------------------------------------------
     async def add_run(
-        self, task_id: int, *, attempt: int, host: str, agent: str, ref: dict[str, Any]
-    ) -> Run: ...
+        self,
+        task_id: int,
+        *,
+        attempt: int,
+        host: str,
+        agent: str,
+        ref: dict[str, Any],
+        status: RunStatus = RunStatus.STARTING,
+    ) -> Run:
+        """A new run of an existing task, offsets 0 (``NotFound`` for an unknown task)."""
+        ...
 
     async def get_run(self, run_id: int) -> Run: ...
 

@@ -32,6 +32,7 @@ from bosun.models import (
     ExecutionMode,
     NewEvent,
     Run,
+    RunStatus,
     Task,
     TaskSpec,
     TaskStatus,
@@ -441,10 +442,18 @@ class SqlStore:
     # -- runs ----------------------------------------------------------------------------
     @_shielded
     async def add_run(
-        self, task_id: int, *, attempt: int, host: str, agent: str, ref: dict[str, Any]
+        self,
+        task_id: int,
+        *,
+        attempt: int,
+        host: str,
+        agent: str,
+        ref: dict[str, Any],
+        status: RunStatus = RunStatus.STARTING,
     ) -> Run:
-        """A new run (``starting``, offsets 0) of an existing task."""
+        """A new run (offsets 0) of an existing task."""
         values = new_run_values(task_id, attempt, host, agent, ref, _utcnow())
+        values["status"] = RunStatus(status).value
         async with self._write() as tx:
             await self._load_task(tx.conn, task_id)
             stmt = sa.insert(runs).values(**values).returning(*runs.c)
