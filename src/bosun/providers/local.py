@@ -32,6 +32,7 @@ import re
 import shlex
 import shutil
 import signal
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -53,7 +54,7 @@ trap : HUP INT TERM
 finish() { echo "$1" >"$d/exit.tmp" && command -p mv -f "$d/exit.tmp" "$d/exit"; exit "$1"; }
 exec >>"$d/stdout" 2>>"$d/stderr"
 if [ -f "$d/stdin" ]; then exec <"$d/stdin"; else exec </dev/null; fi
-echo "$$" >"$d/pid.tmp" && command -p mv -f "$d/pid.tmp" "$d/pid"
+echo "$$" >"$d/pid"
 o_set=${OLDPWD+x}; o_val=${OLDPWD-}
 cd "$cwd" || finish 126
 [ "$keep_pwd" = 1 ] || unset PWD
@@ -527,14 +528,24 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 
 def _read_pid(run_dir: str) -> int:
-    try:
-        with open(os.path.join(run_dir, "pid"), encoding="ascii") as f:
-            return int(f.read().strip())
-    except (OSError, ValueError) as exc:
-        raise ProviderError(
-            f"no run was started in {run_dir} (no readable pid file)",
-            hint="the attempt never launched; it can be retried",
-        ) from exc
+    # The wrapper writes its pid with one small write (no rename: an `mv` would cost a
+    # fork on the path to every agent's start), so an empty file means "being written".
+    path = os.path.join(run_dir, "pid")
+    for _ in range(50):
+        try:
+            with open(path, encoding="ascii") as f:
+                text = f.read().strip()
+        except OSError as exc:
+            raise ProviderError(
+                f"no run was started in {run_dir} (no pid file)",
+                hint="the attempt never launched; it can be retried",
+            ) from exc
+        if text.isdigit():
+            return int(text)
+        time.sleep(0.01)
+    raise ProviderError(
+        f"the pid file of {run_dir} is unreadable", hint="the attempt can be retried"
+    )
 
 
 def _write_file(path: str, data: bytes) -> None:
