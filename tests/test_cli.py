@@ -310,3 +310,13 @@ def test_demo_runs_the_whole_story(tmp_path: Path) -> None:
     readme = git(repo, "show", "task/4-polish-the-readme-greeting:README.md")
     assert "Hello, world, from bosun!" in readme
     assert done.stdout.count("completed") >= 5
+
+
+def test_agents_list_and_show(cfg: Path) -> None:
+    agents = {a["name"]: a for a in as_json(bosun(cfg, "agents", "list", "--json"))}
+    assert agents["demo"]["builtin"] is True and agents["echo"]["builtin"] is False
+    assert agents["echo"]["command"] == ["sh", "-c", "cat > NOTES.md"]
+    shown = as_json(bosun(cfg, "agents", "show", "count", "--json"))
+    assert shown["prompt"] == "stdin" and shown["parser"] == "raw"
+    missing = bosun(cfg, "agents", "show", "nope", check=False)
+    assert missing.returncode == 2 and "unknown agent 'nope'" in missing.stderr

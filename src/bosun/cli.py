@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bosun.agents import BUILTIN_AGENTS, AgentSpec
 from bosun.config import Settings, load_settings, write_init
 from bosun.errors import BosunError, ConfigError, InputError, InvalidTransition, NotFound
 from bosun.models import Event, Task, TaskSpec, TaskStatus
@@ -487,6 +488,68 @@ def demo(
     from bosun.demo import run_demo
 
     _run(lambda: run_demo(out, keep=keep, directory=directory))
+
+
+agents_app = typer.Typer(help="Inspect the configured agents.", no_args_is_help=True)
+app.add_typer(agents_app, name="agents")
+
+
+def agent_json(spec: AgentSpec, *, builtin: bool) -> dict[str, Any]:
+    """An agent spec as data (never the values of env variables: they may be secrets)."""
+    return {
+        "name": spec.name,
+        "builtin": builtin,
+        "description": spec.description,
+        "command": list(spec.command),
+        "prompt": spec.prompt.value,
+        "parser": spec.parser,
+        "env_allow": list(spec.env_allow),
+        "env": sorted(spec.env),
+        "resume": list(spec.resume),
+        "resume_command": list(spec.resume_command),
+        "isolated_home": spec.isolated_home,
+        "timeout": spec.timeout,
+        "stall_timeout": spec.stall_timeout,
+        "files": sorted(spec.files),
+    }
+
+
+@agents_app.command("list")
+def agents_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """List every agent: built in, or defined in bosun.toml."""
+    settings = _settings(config)
+    rows = [agent_json(s, builtin=n in BUILTIN_AGENTS) for n, s in sorted(settings.agents.items())]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table()
+    for col in ("name", "command", "prompt", "parser", "description"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            escape(" ".join(r["command"])),
+            r["prompt"],
+            r["parser"],
+            escape(r["description"]),
+        )
+    out.print(table)
+
+
+@agents_app.command("show")
+def agents_show(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one agent's spec."""
+    settings = _settings(config)
+    spec = settings.agents.get(name)
+    if spec is None:
+        _fail(InputError(f"unknown agent {name!r}", "see `bosun agents list`"))
+    data = agent_json(spec, builtin=name in BUILTIN_AGENTS)
+    if as_json:
+        _print_json(data)
+        return
+    for key, value in data.items():
+        text = " ".join(map(str, value)) if isinstance(value, list) else value
+        out.print(f"[bold]{key:>15}[/]: {escape(str(text))}")
 
 
 def main() -> None:
