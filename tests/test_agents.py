@@ -415,7 +415,7 @@ def test_jsonl_parser_reads_session_and_result() -> None:
 
 def test_get_parser_unknown_lists_known_names() -> None:
     with pytest.raises(ConfigError) as info:
-        get_parser("claude-json")
+        get_parser("no-such-parser")
     assert info.value.hint == f"use one of: {', '.join(sorted(PARSERS))}"
     assert get_parser("raw") is not get_parser("raw")  # fresh state per run
 

@@ -14,6 +14,11 @@ Built-in parsers:
     programs that print one JSON object per line: like ``raw``, and each object is also in
     the event's ``data["json"]``; ``session_id`` / ``thread_id`` keys give the session id and
     a string ``result`` key gives the summary.
+
+The real agent CLIs have their own parsers (``parse_claude``, ``parse_codex``,
+``parse_gemini``, ``parse_opencode``, ``parse_aider``), registered here under the names
+AgentSpecs use: ``claude-json``, ``claude-stream-json``, ``qwen-json``, ``qwen-stream-json``,
+``codex-jsonl``, ``gemini-json``, ``gemini-stream-json``, ``opencode-jsonl``, ``aider``.
 """
 
 from __future__ import annotations
@@ -24,11 +29,25 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from bosun.agents.parse_aider import AiderParser
+from bosun.agents.parse_claude import ClaudeParser
+from bosun.agents.parse_codex import CodexParser
+from bosun.agents.parse_gemini import GeminiParser
+from bosun.agents.parse_opencode import OpencodeParser
 from bosun.errors import ConfigError
 from bosun.models import AgentEvent, ErrorKind, Outcome
 from bosun.providers.base import Stream
 
-__all__ = ["PARSERS", "JsonlParser", "Parser", "RawParser", "get_parser", "parse_lines"]
+__all__ = [
+    "PARSERS",
+    "JsonlParser",
+    "Parser",
+    "RawParser",
+    "get_parser",
+    "parse_capture",
+    "parse_lines",
+    "split_output",
+]
 
 SUMMARY_LINES = 5
 SUMMARY_CHARS = 500
@@ -141,7 +160,20 @@ def _json_object(line: str) -> dict[str, Any] | None:
 
 #: Parser factories by the name an AgentSpec's ``parser`` field uses.
 PARSERS: Mapping[str, Callable[[], Parser]] = MappingProxyType(
-    {"raw": RawParser, "jsonl": JsonlParser}
+    {
+        "raw": RawParser,
+        "jsonl": JsonlParser,
+        # claude and qwen print the same message shapes; json and stream-json share a parser.
+        "claude-json": ClaudeParser,
+        "claude-stream-json": ClaudeParser,
+        "qwen-json": ClaudeParser,
+        "qwen-stream-json": ClaudeParser,
+        "codex-jsonl": CodexParser,
+        "gemini-json": GeminiParser,
+        "gemini-stream-json": GeminiParser,
+        "opencode-jsonl": OpencodeParser,
+        "aider": AiderParser,
+    }
 )
 
 
@@ -165,3 +197,27 @@ def parse_lines(
     for stream, line in lines:
         events.extend(parser.feed(stream, line))
     return events, parser.finish(exit_code)
+
+
+def split_output(text: str) -> list[str]:
+    """``text`` as the lines a provider hands over: split at each newline, a trailing
+    carriage return dropped, and no empty last line after a final newline."""
+    if not text:
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def parse_capture(
+    parser_name: str, stdout_text: str, stderr_text: str, exit_code: int | None
+) -> tuple[list[AgentEvent], Outcome]:
+    """Run parser ``parser_name`` over a captured run (``bosun agents parse``).
+
+    A capture has lost how stdout and stderr lines interleaved, so all of stdout is fed
+    first, then all of stderr. An unknown name is a :class:`ConfigError`.
+    """
+    lines: list[tuple[Stream, str]] = [("stdout", line) for line in split_output(stdout_text)]
+    lines.extend(("stderr", line) for line in split_output(stderr_text))
+    return parse_lines(parser_name, lines, exit_code)

@@ -1,0 +1,387 @@
+"""What bosun must derive from each captured agent output in tests/fixtures/agent-output.
+
+One entry per fixture (``<parser>/<case>.stdout|.stderr|.exit``): the exact
+:class:`Outcome` and the events other than ``output``, in order. When a fixture is replaced
+by a capture from the real CLI, its entry here is reviewed with it (see the fixtures' README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from bosun.models import AgentEvent, ErrorKind, Outcome
+
+CLAUDE = "5f1c2a9e-3b7d-4c1e-9a2f-8d6e4b3c2a10"
+QWEN = "8e2d6f4a-1c3b-4f5e-a7d9-2b4c6e8f0a13"
+CODEX = "0199a213-81c0-7800-8aa1-bbab2a035a53"
+GEMINI = "3c9e1f7a-5b2d-4e8c-9f1a-7d3b5e9c1a24"
+OPENCODE = "ses_494719016ffe85dkDMj0FPRbHK"
+CLAUDE_WT = "/work/runs/task-7/wt"
+QWEN_WT = "/work/runs/task-9/wt"
+OPENCODE_WT = "/work/runs/task-11/wt"
+
+AUTH, LIMIT, SERVER = ErrorKind.AUTH, ErrorKind.USAGE_LIMIT, ErrorKind.SERVER
+AUTH_HEAD = "authentication failed (HTTP 401): "
+LIMIT_HEAD = "usage or rate limit reached"
+SERVER_HEAD = "the model API failed with a server error (HTTP 500): "
+ANSWER = "The answer is 4."
+CREATED = "Created hello.py, which prints hello."
+
+
+@dataclass(frozen=True)
+class Case:
+    outcome: Outcome
+    events: list[AgentEvent] = field(default_factory=list)
+
+
+def at(hour: int, minute: int, second: int = 0) -> datetime:
+    """A time on 2026-03-10, the day every fixture was "captured" (UTC)."""
+    return datetime(2026, 3, 10, hour, minute, second, tzinfo=UTC)
+
+
+def T(text: str) -> AgentEvent:
+    return AgentEvent("text", text=text)
+
+
+def U(name: str, summary: str) -> AgentEvent:
+    return AgentEvent("tool_use", text=f"{name}: {summary}", data={"name": name, "input": summary})
+
+
+def F(path: str, kind: str) -> AgentEvent:
+    return AgentEvent("file_change", text=f"{kind} {path}", data={"path": path, "kind": kind})
+
+
+def E(kind: ErrorKind, message: str, *, fatal: bool = True) -> AgentEvent:
+    data = {"kind": kind.value, "message": message, "fatal": fatal}
+    return AgentEvent("error", text=message, data=data)
+
+
+def failed(
+    kind: ErrorKind, error: str, events: list[AgentEvent] | None = None, **fields: Any
+) -> Case:
+    """A failed run whose last event announces ``error`` (``events`` come before it)."""
+    outcome = Outcome(success=False, error_kind=kind, error=error, **fields)
+    return Case(outcome, [*(events or []), E(kind, error)])
+
+
+# -- claude (stream-json and json) -------------------------------------------------------
+CLAUDE_401 = AUTH_HEAD + "Invalid API key · Fix external API key"
+CLAUDE_429 = (
+    f"{LIMIT_HEAD} (HTTP 429): API Error: 429 - "
+    "This request would exceed your account's rate limit. Please try again later."
+)
+CLAUDE_LIMIT = f"{LIMIT_HEAD}: You've hit your limit · resets 3pm (Europe/Berlin)"
+CLAUDE_500 = SERVER_HEAD + "API Error: 500 - Internal server error"
+CLAUDE_MAX = "the agent reached its turn limit: stopped after 2 turns"
+CLAUDE_DENIED = f"permission denied: Write {CLAUDE_WT}/note.txt was refused; no file was written"
+CLAUDE_ASKED = (
+    f"permission denied: Claude requested permissions to write to {CLAUDE_WT}/note.txt,"
+    " but you haven't granted it yet."
+)
+_claude: dict[str, Any] = {"session_id": CLAUDE, "turns": 1, "cost_usd": 0.0}
+_claude_denied: dict[str, Any] = {
+    "session_id": CLAUDE,
+    "turns": 2,
+    "tokens_in": 3340,
+    "tokens_out": 62,
+}
+_claude_max: dict[str, Any] = {
+    "session_id": CLAUDE,
+    "turns": 2,
+    "tokens_in": 3320,
+    "tokens_out": 45,
+}
+CLAUDE_COMMON = {
+    "success": Case(
+        Outcome(True, ANSWER, CLAUDE, 1, 12, 6, 0.000126),
+        [T(ANSWER)],
+    ),
+    "tool-call-writes-file": Case(
+        Outcome(True, CREATED, CLAUDE, 2, 4426, 52, 0.004215),
+        [
+            T("I'll create hello.py."),
+            U("Write", f"{CLAUDE_WT}/hello.py"),
+            F(f"{CLAUDE_WT}/hello.py", "write"),
+            T(CREATED),
+        ],
+    ),
+    "401": failed(AUTH, CLAUDE_401, **_claude),
+    "500": failed(SERVER, CLAUDE_500, **_claude),
+}
+CLAUDE_STREAM = {
+    **CLAUDE_COMMON,
+    "429": failed(LIMIT, CLAUDE_429, resume_at=at(15, 0), **_claude),
+    "max-turns": failed(
+        ErrorKind.MAX_TURNS, CLAUDE_MAX, [U("Bash", "ls -la")], cost_usd=0.00321, **_claude_max
+    ),
+    "permission": Case(
+        Outcome(
+            False,
+            "I need permission to write note.txt.",
+            cost_usd=0.00287,
+            error_kind=ErrorKind.PERMISSION,
+            error=CLAUDE_DENIED,
+            **_claude_denied,
+        ),
+        [
+            U("Write", f"{CLAUDE_WT}/note.txt"),
+            E(ErrorKind.PERMISSION, CLAUDE_ASKED, fatal=False),
+            T("I need permission to write note.txt."),
+        ],
+    ),
+}
+# json mode: the result object alone, so no tool calls or file changes are seen.
+CLAUDE_JSON = {
+    **CLAUDE_COMMON,
+    "success": Case(CLAUDE_COMMON["success"].outcome),
+    "tool-call-writes-file": Case(CLAUDE_COMMON["tool-call-writes-file"].outcome),
+    "429": failed(LIMIT, CLAUDE_LIMIT, **_claude),
+    "max-turns": failed(ErrorKind.MAX_TURNS, CLAUDE_MAX, cost_usd=0.00321, **_claude_max),
+    "permission": Case(CLAUDE_STREAM["permission"].outcome),
+}
+
+# -- qwen (exits 0 on API errors; same shapes as claude) ----------------------------------
+QWEN_401 = (
+    AUTH_HEAD + "[API Error: 401 Incorrect API key provided: sk-test. "
+    "You can find your API key at https://platform.openai.com/account/api-keys.]"
+)
+QWEN_429 = (
+    f"{LIMIT_HEAD} (HTTP 429): "
+    "[API Error: 429 Rate limit reached for requests. Please try again in 20s.]"
+)
+QWEN_500 = SERVER_HEAD + "[API Error: 500 Internal Server Error]"
+QWEN_CASES = {
+    "success": Case(Outcome(True, ANSWER, QWEN, 1, 5120, 7), [T(ANSWER)]),
+    "tool-call-writes-file": Case(
+        Outcome(True, "Created hello.py.", QWEN, 2, 10500, 46),
+        [
+            U("write_file", f"{QWEN_WT}/hello.py"),
+            F(f"{QWEN_WT}/hello.py", "write"),
+            T("Created hello.py."),
+        ],
+    ),
+    "401": failed(AUTH, QWEN_401, session_id=QWEN, turns=1),
+    "429": failed(LIMIT, QWEN_429, session_id=QWEN, turns=1),
+    "500": failed(SERVER, QWEN_500, session_id=QWEN, turns=1),
+}
+
+# -- codex -------------------------------------------------------------------------------
+CODEX_401 = AUTH_HEAD + "unexpected status 401 Unauthorized - Incorrect API key provided: sk-test."
+CODEX_429 = (
+    f"{LIMIT_HEAD} (HTTP 429; resets_at:1773154800): "
+    "unexpected status 429 Too Many Requests - The usage limit has been reached"
+)
+CODEX_500 = SERVER_HEAD + "unexpected status 500 Internal Server Error - upstream failure"
+CODEX_SANDBOX = (
+    "patch rejected: writing is blocked by read-only sandbox; rejected by user approval settings"
+)
+CODEX_CASES = {
+    "success": Case(Outcome(True, ANSWER, CODEX, 1, 2811, 9), [T(ANSWER)]),
+    "tool-call-writes-file": Case(
+        Outcome(True, CREATED, CODEX, 1, 8120, 153),
+        [U("shell", "bash -lc ls"), F("hello.py", "add"), T(CREATED)],
+    ),
+    "401": failed(AUTH, CODEX_401, session_id=CODEX, turns=1),
+    "429": failed(LIMIT, CODEX_429, session_id=CODEX, turns=1, resume_at=at(15, 0)),
+    "500": failed(SERVER, CODEX_500, session_id=CODEX, turns=1),
+    "permission": Case(
+        Outcome(
+            False,
+            "I could not write hello.py: the sandbox is read-only.",
+            CODEX,
+            1,
+            6050,
+            48,
+            error_kind=ErrorKind.PERMISSION,
+            error=f"permission denied: {CODEX_SANDBOX}; no file was written",
+        ),
+        [
+            T("I'll create hello.py."),
+            T("I could not write hello.py: the sandbox is read-only."),
+            E(ErrorKind.PERMISSION, f"the sandbox refused a change: {CODEX_SANDBOX}", fatal=False),
+        ],
+    ),
+}
+
+# -- gemini (json: error document on stderr; exit code = HTTP status mod 256) -------------
+GEMINI_KEY = "API key not valid. Please pass a valid API key."
+GEMINI_MAX = (
+    "the agent reached its turn limit: Reached max session turns for this session. "
+    "Increase the number of turns by specifying maxSessionTurns in settings.json."
+)
+GEMINI_RETRY = "Resource has been exhausted (e.g. check quota). Please retry in 37s."
+GEMINI_JSON = {
+    "success": Case(Outcome(True, ANSWER, GEMINI, None, 5480, 7), [T(ANSWER)]),
+    "tool-call-writes-file": Case(Outcome(True, CREATED, GEMINI, None, 11020, 61), [T(CREATED)]),
+    "401": failed(AUTH, AUTH_HEAD + GEMINI_KEY, session_id=GEMINI),
+    "429": failed(
+        LIMIT,
+        f"{LIMIT_HEAD} (HTTP 429; retryDelay:37s): Resource has been exhausted (e.g. check quota).",
+        session_id=GEMINI,
+    ),
+    # The error document has no code: only the exit code (244) names the status.
+    "500": Case(
+        Outcome(
+            False,
+            session_id=GEMINI,
+            error_kind=SERVER,
+            error=SERVER_HEAD + "Internal error encountered.",
+        ),
+        [E(SERVER, "the model API failed with a server error: Internal error encountered.")],
+    ),
+    "max-turns": failed(ErrorKind.MAX_TURNS, GEMINI_MAX, session_id=GEMINI),
+}
+GEMINI_STREAM = {
+    "success": Case(Outcome(True, ANSWER, GEMINI, None, 5480, 7), [T(ANSWER)]),
+    "tool-call-writes-file": Case(
+        Outcome(True, CREATED, GEMINI, None, 11020, 61),
+        [
+            T("I'll create hello.py."),
+            U("write_file", "hello.py"),
+            F("hello.py", "write"),
+            T(CREATED),
+        ],
+    ),
+    # Events are announced before the exit code is known; the outcome adds its status.
+    "401": Case(
+        Outcome(False, "", GEMINI, error_kind=AUTH, error=f"{AUTH_HEAD}[API Error: {GEMINI_KEY}]"),
+        [E(AUTH, f"authentication failed: [API Error: {GEMINI_KEY}]")],
+    ),
+    "429": Case(
+        Outcome(
+            False,
+            "",
+            GEMINI,
+            error_kind=LIMIT,
+            error=f"{LIMIT_HEAD} (HTTP 429): [API Error: {GEMINI_RETRY}]",
+            resume_at=at(12, 0, 42),  # the result's timestamp (12:00:05) + 37 s
+        ),
+        [
+            E(
+                LIMIT,
+                f"{LIMIT_HEAD} (HTTP 429): "
+                "Attempt 1 failed with status 429. Retrying with backoff...",
+                fatal=False,
+            ),
+            E(LIMIT, f"{LIMIT_HEAD}: [API Error: {GEMINI_RETRY}]"),
+        ],
+    ),
+    "500": Case(
+        Outcome(
+            False,
+            "",
+            GEMINI,
+            error_kind=SERVER,
+            error=SERVER_HEAD + "[API Error: Internal error encountered.]",
+        ),
+        [
+            E(
+                SERVER,
+                "the model API failed with a server error: "
+                "[API Error: Internal error encountered.]",
+            )
+        ],
+    ),
+}
+
+# -- opencode ----------------------------------------------------------------------------
+OPENCODE_REFUSED = (
+    f"write {OPENCODE_WT}/hello.py was refused: "
+    "The user rejected permission to use this specific tool call"
+)
+OPENCODE_CASES = {
+    "success": Case(Outcome(True, ANSWER, OPENCODE, 1, 22086, 8, 0.00012), [T(ANSWER)]),
+    "tool-call-writes-file": Case(
+        Outcome(True, CREATED, OPENCODE, 2, 43724, 122, 0.002),
+        [U("write", f"{OPENCODE_WT}/hello.py"), F(f"{OPENCODE_WT}/hello.py", "write"), T(CREATED)],
+    ),
+    "401": failed(
+        AUTH,
+        AUTH_HEAD + "APIError: Incorrect API key provided: sk-test",
+        session_id=OPENCODE,
+        turns=1,
+    ),
+    "429": failed(
+        LIMIT,
+        f"{LIMIT_HEAD} (HTTP 429): APIError: Rate limit reached for requests (retry-after: 20)",
+        session_id=OPENCODE,
+        turns=1,
+        resume_at=at(12, 0, 25),  # the error's timestamp (12:00:05) + 20 s
+    ),
+    "500": failed(
+        SERVER, SERVER_HEAD + "APIError: Internal Server Error", session_id=OPENCODE, turns=1
+    ),
+    "permission": Case(
+        Outcome(
+            False,
+            "I could not write hello.py: permission was refused.",
+            OPENCODE,
+            2,
+            43160,
+            109,
+            0.001,
+            error_kind=ErrorKind.PERMISSION,
+            error=f"permission denied: {OPENCODE_REFUSED}; no file was written",
+        ),
+        [
+            U("write", f"{OPENCODE_WT}/hello.py"),
+            E(ErrorKind.PERMISSION, f"permission denied: {OPENCODE_REFUSED}", fatal=False),
+            T("I could not write hello.py: permission was refused."),
+        ],
+    ),
+}
+
+# -- aider (text on stdout, analytics log on stderr; exits 0 on API errors) ---------------
+AIDER_401 = (
+    AUTH_HEAD + "litellm.AuthenticationError: AuthenticationError: OpenAIException - "
+    "Error code: 401 - Incorrect API key provided: sk-test."
+)
+AIDER_429 = (
+    f"{LIMIT_HEAD}: litellm.RateLimitError: RateLimitError: OpenAIException - "
+    "Rate limit reached for requests. Please try again in 20s."
+)
+AIDER_500 = (
+    SERVER_HEAD + "litellm.InternalServerError: InternalServerError: OpenAIException - "
+    "Error code: 500 - upstream failure"
+)
+AIDER_CASES = {
+    "success": Case(Outcome(True, ANSWER, tokens_in=1187, tokens_out=6, cost_usd=0.0018)),
+    "tool-call-writes-file": Case(
+        # No analytics log here: the rounded figures of the "Tokens:" line.
+        Outcome(
+            True,
+            'I\'ll create hello.py that prints hello.\nhello.py\nprint("hello")',
+            tokens_in=1300,
+            tokens_out=24,
+            cost_usd=0.002,
+        ),
+        [F("hello.py", "write")],
+    ),
+    "401": Case(Outcome(False, error_kind=AUTH, error=AIDER_401), [E(AUTH, AIDER_401)]),
+    "429": Case(
+        # The analytics "exit" record (12:01:04) anchors "try again in 20s".
+        Outcome(False, error_kind=LIMIT, error=AIDER_429, resume_at=at(12, 1, 24)),
+        [E(LIMIT, AIDER_429, fatal=False)] * 9,
+    ),
+    "429-then-success": Case(
+        Outcome(True, ANSWER, tokens_in=1187, tokens_out=6, cost_usd=0.0018),
+        [E(LIMIT, AIDER_429, fatal=False)],
+    ),
+    "500": Case(
+        Outcome(False, error_kind=SERVER, error=AIDER_500), [E(SERVER, AIDER_500, fatal=False)] * 3
+    ),
+}
+
+EXPECTED: dict[str, dict[str, Case]] = {
+    "claude-stream-json": CLAUDE_STREAM,
+    "claude-json": CLAUDE_JSON,
+    "qwen-stream-json": QWEN_CASES,
+    "qwen-json": QWEN_CASES,
+    "codex-jsonl": CODEX_CASES,
+    "gemini-json": GEMINI_JSON,
+    "gemini-stream-json": GEMINI_STREAM,
+    "opencode-jsonl": OPENCODE_CASES,
+    "aider": AIDER_CASES,
+}
