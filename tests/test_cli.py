@@ -320,3 +320,23 @@ def test_agents_list_and_show(cfg: Path) -> None:
     assert shown["prompt"] == "stdin" and shown["parser"] == "raw"
     missing = bosun(cfg, "agents", "show", "nope", check=False)
     assert missing.returncode == 2 and "unknown agent 'nope'" in missing.stderr
+
+
+def test_agents_parse_explains_a_captured_failure(cfg: Path) -> None:
+    cases = Path(__file__).parent / "fixtures" / "agent-output" / "gemini-json"
+    done = bosun(
+        cfg,
+        "agents",
+        "parse",
+        "gemini-json",
+        str(cases / "401.stdout"),
+        "--stderr",
+        str(cases / "401.stderr"),
+        "--exit-code",
+        "145",
+        "--json",
+    )
+    outcome = as_json(done)["outcome"]
+    assert outcome["success"] is False and outcome["error_kind"] == "auth"
+    unknown = bosun(cfg, "agents", "parse", "nope", str(cases / "401.stdout"), check=False)
+    assert unknown.returncode == 2 and "neither an agent nor a parser" in unknown.stderr

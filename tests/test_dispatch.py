@@ -7,6 +7,7 @@ import os
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -412,3 +413,23 @@ async def test_a_run_launched_but_never_recorded_is_adopted(make_settings: Setti
     assert len(runs) == 1 and runs[0].exit_code == 0
     assert lines == ["1", "2", "3", "4", "5"]
     assert "run.reattached" in events
+
+
+async def test_a_usage_limit_pauses_until_the_reset_time_the_agent_named(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    capture = Path(__file__).parent / "fixtures" / "agent-output" / "claude-json" / "429.stdout"
+    settings = make_settings(
+        agents={
+            "limited": {"command": ["sh", "-c", f"cat {capture}; exit 1"], "parser": "claude-json"}
+        }
+    )
+    async with await Service.open(settings) as svc:
+        task = await svc.submit(TaskSpec(title="Hits the limit", agent="limited"))
+        await run_burst(svc)  # burst mode does not wait for a paused task
+        done = await svc.get(task.id)
+    assert done.status is TaskStatus.PAUSED and done.error_kind is ErrorKind.USAGE_LIMIT
+    assert done.not_before is not None and done.not_before > datetime.now(UTC)
+    # "resets 3pm (Europe/Berlin)": the next 3 pm in Berlin
+    berlin = done.not_before.astimezone(ZoneInfo("Europe/Berlin"))
+    assert (berlin.hour, berlin.minute) == (15, 0)

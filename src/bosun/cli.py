@@ -552,5 +552,58 @@ def agents_show(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) -
         out.print(f"[bold]{key:>15}[/]: {escape(str(text))}")
 
 
+@agents_app.command("parse")
+def agents_parse(
+    name: Annotated[str, typer.Argument(help="An agent name, or a parser name.")],
+    stdout_file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="Captured stdout ('-': stdin).")
+    ],
+    stderr_file: Annotated[Path | None, typer.Option("--stderr", help="Captured stderr.")] = None,
+    exit_code: Annotated[
+        int | None, typer.Option("--exit-code", help="The process's exit code.")
+    ] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the outcome bosun derives from a captured output ("why did this run fail?")."""
+    from bosun.agents.parsers import PARSERS, parse_capture
+
+    parser = name
+    if name not in PARSERS:
+        settings = _settings(config)
+        if name not in settings.agents:
+            _fail(
+                InputError(
+                    f"{name!r} is neither an agent nor a parser",
+                    "known parsers: " + ", ".join(sorted(PARSERS)),
+                )
+            )
+        parser = settings.agents[name].parser
+    try:
+        stdout = (
+            sys.stdin.read()
+            if str(stdout_file) == "-"
+            else stdout_file.read_text("utf-8", "replace")
+        )
+        stderr = stderr_file.read_text("utf-8", "replace") if stderr_file else ""
+    except OSError as exc:
+        _fail(InputError(f"cannot read the capture: {exc}", "check the file paths"))
+    events, outcome = parse_capture(parser, stdout, stderr, exit_code)
+    if as_json:
+        _print_json(
+            {
+                "parser": parser,
+                "outcome": outcome.to_json(),
+                "events": [{"kind": e.kind, "text": e.text, "data": e.data} for e in events],
+            }
+        )
+        return
+    for ev in events:
+        if ev.kind != "output":
+            out.print(escape(f"[{ev.kind}] {ev.text}"))
+    verdict = "success" if outcome.success else f"failure ({outcome.error_kind})"
+    out.print(escape(f"{parser}: {verdict}: {outcome.error or outcome.summary}"))
+
+
 def main() -> None:
     app()

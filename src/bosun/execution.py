@@ -20,6 +20,7 @@ from typing import Any
 from bosun import lifecycle
 from bosun.agents import AgentSpec, get_parser
 from bosun.agents.parsers import Parser
+from bosun.agents.reset_time import parse_reset_time
 from bosun.config import Settings
 from bosun.errors import BosunError, ConfigError, InputError, LeaseLost, NotFound
 from bosun.models import ErrorKind, NewEvent, Outcome, Run, RunStatus, Task, TaskStatus
@@ -341,6 +342,11 @@ class Attempt:
             current = await ctx.store.get_task(task.id)
             if current.status is TaskStatus.CANCELLED:
                 kind = ErrorKind.CANCELLED
+        if outcome.error_kind is ErrorKind.USAGE_LIMIT and outcome.resume_at is None:
+            # Parsers have no clock: a relative hint ("resets 3pm", "retry in 20s") is
+            # resolved here, against the time the run ended.
+            when = parse_reset_time(outcome.error or "", ctx.clock())
+            outcome = replace(outcome, resume_at=when)
         if kind is not None:
             outcome = replace(
                 outcome, success=False, error_kind=kind, error=_kill_message(kind, self.spec, ctx)
