@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 
 from bosun.config import Settings, settings_from_data
+from tests.realcli import cli_path, fake, loopback_only
+
+__all__ = ["SettingsFactory", "cli_path", "fake", "git", "loopback_only"]
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "test",

@@ -459,7 +459,7 @@ def test_resolve_agents_adds_command_agents() -> None:
     agents = resolve_agents(
         {"echo": AgentConfig(command=["sh", "-c", "cat > NOTES.md"], prompt="stdin")}
     )
-    assert set(agents) == {"demo", "echo"}
+    assert set(agents) == {*BUILTIN_AGENTS, "echo"}
     assert agents["echo"].command == ("sh", "-c", "cat > NOTES.md")
     assert agents["echo"].prompt is PromptDelivery.STDIN
 

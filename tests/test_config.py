@@ -36,7 +36,7 @@ def error_of(tmp_path: Path, text: str) -> ConfigError:
 # -- init ----------------------------------------------------------------------------------
 def test_init_text_loads_and_describes_every_section(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, init_config_text()), environ={})
-    assert set(settings.agents) == {"demo", "echo"}
+    assert set(settings.agents) == {*BUILTIN_AGENTS, "echo"}
     assert settings.agents["echo"].command == ("sh", "-c", "cat > NOTES.md")
     assert settings.hosts == {"local": HostConfig()}
     assert settings.limits == LimitsConfig()

@@ -106,6 +106,8 @@ class Attempt:
         except BosunError as exc:
             await self._fail_before_launch(ErrorKind.LAUNCH, exc)
             return
+        if resume_session and self.spec.isolated_home:
+            await self._carry_home(run_dir)
         try:
             handle = await self.provider.launch(command, run_dir)
         except BosunError as exc:
@@ -140,6 +142,23 @@ class Attempt:
             )
         )
         await self._follow_and_finish(run, handle, wt)
+
+    async def _carry_home(self, run_dir: str) -> None:
+        """A resumed session lives in the previous run's isolated HOME (the CLIs keep their
+        sessions there): start the new run with a copy of it."""
+        previous = [r for r in await self.ctx.store.list_runs(self.task.id) if "run_dir" in r.ref]
+        if not previous:
+            return
+        source = f"{previous[-1].ref['run_dir']}/home"
+        result = await self.provider.exec(["cp", "-a", "--", source, f"{run_dir}/home"])
+        if not result.ok:
+            await self.ctx.store.append_event(
+                NewEvent(
+                    "run.home_not_carried",
+                    {"error": result.stderr.strip()[-500:]},
+                    task_id=self.task.id,
+                )
+            )
 
     async def adopt(self) -> bool:
         """Recovery of an attempt whose launch was never recorded (bosun died right after
