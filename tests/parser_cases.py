@@ -15,7 +15,7 @@ from bosun.models import AgentEvent, ErrorKind, Outcome
 
 CLAUDE = "5f1c2a9e-3b7d-4c1e-9a2f-8d6e4b3c2a10"
 QWEN = "8e2d6f4a-1c3b-4f5e-a7d9-2b4c6e8f0a13"
-CODEX = "0199a213-81c0-7800-8aa1-bbab2a035a53"
+CODEX = "01a1fed9-a44f-7912-9df8-e500d7eddf0f"
 GEMINI = "3c9e1f7a-5b2d-4e8c-9f1a-7d3b5e9c1a24"
 OPENCODE = "ses_494719016ffe85dkDMj0FPRbHK"
 CLAUDE_WT = "/work/runs/task-7/wt"
@@ -167,42 +167,75 @@ QWEN_CASES = {
     "500": failed(SERVER, QWEN_500, session_id=QWEN, turns=1),
 }
 
-# -- codex -------------------------------------------------------------------------------
-CODEX_401 = AUTH_HEAD + "unexpected status 401 Unauthorized - Incorrect API key provided: sk-test."
-CODEX_429 = (
-    f"{LIMIT_HEAD} (HTTP 429; resets_at:1773154800): "
-    "unexpected status 429 Too Many Requests - The usage limit has been reached"
+# -- codex (captured from codex-cli 0.169.0, run by bosun's spec against the fake) --------
+CODEX_WT = "/var/tmp/bosun-codex-capture/wt"
+CODEX_TOOL = "01a1fed9-a802-7992-a987-3bc29ddaa8e7"
+CODEX_401 = (
+    AUTH_HEAD + "unexpected status 401 Unauthorized: Invalid API key: authentication failed., "
+    "url: http://127.0.0.1:35297/v1/responses"
 )
-CODEX_500 = SERVER_HEAD + "unexpected status 500 Internal Server Error - upstream failure"
+CODEX_429 = f"{LIMIT_HEAD} (HTTP 429): exceeded retry limit, last status: 429 Too Many Requests"
+CODEX_LIMIT = (
+    f"{LIMIT_HEAD}: You’ve hit your usage limit. Visit https://chatgpt.com/settings/usage to "
+    "purchase more credits or try again at Mar 10th, 2026 3:00 PM."
+)
+CODEX_500 = (
+    "the model API failed with a server error: "
+    "We’re currently experiencing high demand, which may cause temporary errors."
+)
 CODEX_SANDBOX = (
     "patch rejected: writing is blocked by read-only sandbox; rejected by user approval settings"
 )
+CODEX_NO_ROLLOUT = (
+    f"codex cannot resume session {CODEX}: no rollout found for it in $CODEX_HOME/sessions "
+    "(the session was recorded under another home)"
+)
+CODEX_METADATA = (
+    "the agent reported an error: Model metadata for `local-coder` not found. Defaulting to "
+    "fallback metadata; this can degrade performance and cause issues."
+)
 CODEX_CASES = {
-    "success": Case(Outcome(True, ANSWER, CODEX, 1, 2811, 9), [T(ANSWER)]),
+    "success": Case(Outcome(True, ANSWER, CODEX, 1, 12, 5), [T(ANSWER)]),
     "tool-call-writes-file": Case(
-        Outcome(True, CREATED, CODEX, 1, 8120, 153),
-        [U("shell", "bash -lc ls"), F("hello.py", "add"), T(CREATED)],
+        Outcome(True, CREATED, CODEX_TOOL, 1, 36, 15),
+        [
+            U("shell", "/bin/bash -lc ls"),
+            U("apply_patch", f"{CODEX_WT}/hello.py"),
+            F(f"{CODEX_WT}/hello.py", "add"),
+            T(CREATED),
+        ],
     ),
-    "401": failed(AUTH, CODEX_401, session_id=CODEX, turns=1),
-    "429": failed(LIMIT, CODEX_429, session_id=CODEX, turns=1, resume_at=at(15, 0)),
-    "500": failed(SERVER, CODEX_500, session_id=CODEX, turns=1),
+    "401": failed(AUTH, CODEX_401, session_id="01a1fed9-ad49-77f2-be3c-360c2ebd1be9", turns=1),
+    # codex drops Retry-After: a plain 429 names no reset time (the dispatcher backs off)
+    "429": failed(LIMIT, CODEX_429, session_id="01a1fed9-b089-7152-b42c-576d8819bfc7", turns=1),
+    # a local wall-clock time without a zone: only the dispatcher, with a clock, resolves it
+    "usage-limit": failed(
+        LIMIT, CODEX_LIMIT, session_id="01a1fed9-b40e-7da3-bc65-8763b9fe6ffd", turns=1
+    ),
+    "500": failed(SERVER, CODEX_500, session_id="01a1fed9-b833-7f52-9ec2-e050429e7263", turns=1),
     "permission": Case(
         Outcome(
             False,
-            "I could not write hello.py: the sandbox is read-only.",
-            CODEX,
+            "I could not write hello.py.",
+            "01a1fed9-bc39-72f1-9c85-494cabb1f2a1",
             1,
-            6050,
-            48,
+            24,
+            10,
             error_kind=ErrorKind.PERMISSION,
             error=f"permission denied: {CODEX_SANDBOX}; no file was written",
         ),
         [
-            T("I'll create hello.py."),
-            T("I could not write hello.py: the sandbox is read-only."),
+            T("I could not write hello.py."),
             E(ErrorKind.PERMISSION, f"the sandbox refused a change: {CODEX_SANDBOX}", fatal=False),
         ],
     ),
+    "unknown-model": Case(
+        Outcome(True, ANSWER, "01a1fed9-c0f2-7853-ada9-fbf49adaa73d", 1, 12, 5),
+        [E(ErrorKind.AGENT, CODEX_METADATA, fatal=False), T(ANSWER)],
+    ),
+    # the thread's running total: 12 + 5 from "success", then 12 + 5 for this run
+    "resumed": Case(Outcome(True, "It is still 4.", CODEX, 1, 24, 10), [T("It is still 4.")]),
+    "resume-unknown-session": failed(ErrorKind.AGENT, CODEX_NO_ROLLOUT),
 }
 
 # -- gemini (json: error document on stderr; exit code = HTTP status mod 256) -------------

@@ -467,3 +467,13 @@ def test_resolve_agents_adds_command_agents() -> None:
 def test_resolve_agents_new_agent_needs_a_command() -> None:
     with pytest.raises(ConfigError, match=r"\[agents.mine\] has no command"):
         resolve_agents({"mine": AgentConfig(timeout=5.0)})
+
+
+def test_overriding_a_builtin_table_merges_key_by_key() -> None:
+    from bosun.config import AgentConfig
+
+    claude = BUILTIN_AGENTS["claude"]
+    agents = resolve_agents({"claude": AgentConfig(vars={"model": "opus"}, env={"X_EXTRA": "1"})})
+    merged = agents["claude"]
+    assert merged.vars == {**claude.vars, "model": "opus"}
+    assert merged.env == {**claude.env, "X_EXTRA": "1"}

@@ -146,7 +146,8 @@ class Attempt:
     async def _carry_home(self, run_dir: str) -> None:
         """A resumed session lives in the previous run's isolated HOME (the CLIs keep their
         sessions there): start the new run with a copy of it."""
-        previous = [r for r in await self.ctx.store.list_runs(self.task.id) if "run_dir" in r.ref]
+        runs = await self.ctx.store.list_runs(self.task.id)
+        previous = [r for r in runs if "run_dir" in r.ref and r.session_id == self.task.session_id]
         if not previous:
             return
         source = f"{previous[-1].ref['run_dir']}/home"

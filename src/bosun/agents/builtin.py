@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from bosun.agents import cli_claude
+from bosun.agents import cli_claude, cli_codex
 from bosun.agents.spec import DEFAULT_ENV_ALLOW, AgentSpec, PromptDelivery
 from bosun.errors import ConfigError
 
@@ -38,7 +38,7 @@ DEMO = AgentSpec(
 
 #: Agents available in every configuration, by name.
 BUILTIN_AGENTS: Mapping[str, AgentSpec] = MappingProxyType(
-    {spec.name: spec for spec in (DEMO, cli_claude.SPEC)}
+    {spec.name: spec for spec in (DEMO, cli_claude.SPEC, cli_codex.SPEC)}
 )
 
 _TUPLES = ("command", "resume", "resume_command", "env_allow", "version_command")
@@ -60,6 +60,11 @@ def resolve_agents(configured: Mapping[str, AgentConfig]) -> dict[str, AgentSpec
         values = _fields(cfg)
         base = agents.get(name)
         if base is not None:
+            # Tables merge key by key: setting vars.base_url keeps the built-in's model,
+            # and adding one env variable keeps its telemetry switches.
+            for key in ("env", "vars", "files"):
+                if key in values:
+                    values[key] = {**getattr(base, key), **values[key]}
             agents[name] = dataclasses.replace(base, **values)
             continue
         if "command" not in values:

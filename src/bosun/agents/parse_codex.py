@@ -2,16 +2,27 @@
 
 ``thread.started{thread_id}`` gives the session id (``codex exec resume THREAD_ID``);
 ``item.started`` / ``item.completed`` carry ``agent_message``, ``command_execution``,
-``file_change{changes[{path, kind}]}``, ``mcp_tool_call`` and ``error`` items;
-``turn.completed{usage}`` ends a turn that worked, ``turn.failed{error}`` one that did not,
-and a top-level ``error`` is fatal unless it is a ``Reconnecting...`` notice.
+``file_change{changes[{path, kind}]}`` (absolute paths), ``mcp_tool_call`` and ``error``
+items (warnings, e.g. an unknown model's missing metadata); ``turn.completed{usage}`` ends
+a turn that worked, ``turn.failed{error}`` one that did not (exit 1), after a top-level
+``error`` with the same message; an ``error`` is fatal unless it is a ``Reconnecting...``
+notice. Checked against codex-cli 0.169.0 (tests/fixtures/agent-output/codex-jsonl).
+
+Errors name the HTTP status (``unexpected status 401 Unauthorized: ...``, ``exceeded retry
+limit, last status: 429 Too Many Requests``), except two: an HTTP 500 reads "We're currently
+experiencing high demand, ..." and a ``usage_limit_reached`` 429 reads "You've hit your usage
+limit. ... try again at 3:00 PM." (a local wall-clock time; the dispatcher resolves it).
+Codex drops ``Retry-After``, so a plain 429 carries no reset time.
 
 Tokens: ``usage`` is the thread's running total (``exec resume`` starts from the earlier
 runs' total), so after a resume it counts the earlier runs too. ``input_tokens`` already
 includes the cached ones. Codex reports no cost.
 
-Permission: the default read-only sandbox rejects a patch with a line on stderr only and
-exits 0; such a line (or a ``declined`` command) with no file written is a permission failure.
+Permission: the read-only sandbox rejects a patch with a tracing line on stderr only
+(``... ERROR codex_core::tools::router: error=patch rejected: ...``) and exits 0; such a
+line (or a ``declined`` command) with no file written is a permission failure. A resume
+whose session files are missing ends with exit 1 and "no rollout found for thread id" on
+stderr.
 """
 
 from __future__ import annotations
@@ -45,8 +56,12 @@ _SANDBOX = re.compile(
     r"|patch rejected|writing (?:is )?(?:blocked|not allowed)"
 )
 _TRANSIENT = re.compile(r"(?i)^\s*reconnecting\b")
-# tracing's prefix on codex's stderr lines: "2026-03-10T12:00:02.418Z ERROR codex_core::codex: "
-_LOG_PREFIX = re.compile(r"^\S*\d\S*\s+(?:ERROR|WARN|INFO|DEBUG|TRACE)\s+[\w:]+:\s*")
+# tracing's prefix on codex's stderr lines, and its "error=" field name:
+# "2026-11-21T16:04:04.979420Z ERROR codex_core::tools::router: error=patch rejected: ..."
+_LOG_PREFIX = re.compile(r"^\S*\d\S*\s+(?:ERROR|WARN|INFO|DEBUG|TRACE)\s+[\w:]+:\s*(?:error=)?")
+# codex's text for an HTTP 500 (CodexErr::InternalServerError); it names no status.
+_HIGH_DEMAND = re.compile(r"(?i)experiencing high demand")
+_NO_ROLLOUT = re.compile(r"no rollout found for thread id (\S+)")
 
 
 class CodexParser(CliParser):
@@ -57,8 +72,10 @@ class CodexParser(CliParser):
         self._stream_error = False  # self.error came from a top-level ``error`` event
 
     def parse_line(self, stream: Stream, line: str) -> list[AgentEvent] | None:
-        """A thread event on stdout; a sandbox rejection on stderr."""
+        """A thread event on stdout; a sandbox rejection or a failed resume on stderr."""
         if stream == "stderr":
+            if (missing := _NO_ROLLOUT.search(line)) is not None:
+                return [self.fail(_no_rollout(missing.group(1)))]
             if not _SANDBOX.search(line):
                 return None
             self.denial = clip(_LOG_PREFIX.sub("", one_line(line)), 200)
@@ -79,7 +96,7 @@ class CodexParser(CliParser):
         elif kind == "turn.failed":
             error = event.get("error")
             message = error.get("message") if isinstance(error, dict) else None
-            info = classify(message if isinstance(message, str) else "turn failed")
+            info = _classify(message if isinstance(message, str) else "turn failed")
             reported = self._stream_error and self.error == info
             self.error, self._stream_error = info, False
             # codex prints the same message as a stream ``error`` first: announce it once.
@@ -89,7 +106,7 @@ class CodexParser(CliParser):
             if _TRANSIENT.search(message):
                 return []
             self._stream_error = True
-            return [self.fail(classify(message or "stream error"))]
+            return [self.fail(_classify(message or "stream error"))]
         return []
 
     def _turn_completed(self, usage: Any) -> None:
@@ -105,6 +122,9 @@ class CodexParser(CliParser):
         if not completed:
             if kind == "command_execution":
                 return [tool_event("shell", input_summary(item.get("command")))]
+            if kind == "file_change":  # the apply_patch tool; the result comes as completed
+                paths = [str(c["path"]) for c in _changes(item)]
+                return [tool_event("apply_patch", clip(", ".join(paths), 200))]
             if kind == "mcp_tool_call":
                 name = f"{item.get('server') or 'mcp'}.{item.get('tool') or '?'}"
                 return [tool_event(name, input_summary(item.get("arguments")))]
@@ -123,14 +143,34 @@ class CodexParser(CliParser):
         return []
 
     def _file_change(self, item: dict[str, Any]) -> list[AgentEvent]:
-        changes = item.get("changes")
-        paths = [
-            (c["path"], text_of(c.get("kind")) or "update")
-            for c in (changes if isinstance(changes, list) else ())
-            if isinstance(c, dict) and isinstance(c.get("path"), str)
-        ]
+        paths = [(c["path"], text_of(c.get("kind")) or "update") for c in _changes(item)]
         if item.get("status") == "failed":
             names = ", ".join(path for path, _ in paths) or "unknown files"
             info = ErrorInfo(ErrorKind.AGENT, f"a patch failed to apply to {clip(names, 200)}")
             return [error_event(info, fatal=False)]
         return [self.file_event(path, kind) for path, kind in paths]
+
+
+def _changes(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """The well-formed entries of a ``file_change`` item's ``changes`` (each has a path)."""
+    changes = item.get("changes")
+    return [
+        c
+        for c in (changes if isinstance(changes, list) else ())
+        if isinstance(c, dict) and isinstance(c.get("path"), str)
+    ]
+
+
+def _classify(message: str) -> ErrorInfo:
+    """:func:`classify`, knowing codex's wording for an HTTP 500, which names no status."""
+    if _HIGH_DEMAND.search(message):
+        return classify(message, kind=ErrorKind.SERVER)
+    return classify(message)
+
+
+def _no_rollout(thread_id: str) -> ErrorInfo:
+    return ErrorInfo(
+        ErrorKind.AGENT,
+        f"codex cannot resume session {clip(thread_id, 80)}: no rollout found for it in "
+        "$CODEX_HOME/sessions (the session was recorded under another home)",
+    )
