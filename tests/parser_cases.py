@@ -16,7 +16,6 @@ from bosun.models import AgentEvent, ErrorKind, Outcome
 CLAUDE = "5f1c2a9e-3b7d-4c1e-9a2f-8d6e4b3c2a10"
 QWEN = "8e2d6f4a-1c3b-4f5e-a7d9-2b4c6e8f0a13"
 CODEX = "01a1fed9-a44f-7912-9df8-e500d7eddf0f"
-GEMINI = "3c9e1f7a-5b2d-4e8c-9f1a-7d3b5e9c1a24"
 OPENCODE = "ses_494719016ffe85dkDMj0FPRbHK"
 CLAUDE_WT = "/work/runs/task-7/wt"
 QWEN_WT = "/work/runs/task-9/wt"
@@ -238,38 +237,49 @@ CODEX_CASES = {
     "resume-unknown-session": failed(ErrorKind.AGENT, CODEX_NO_ROLLOUT),
 }
 
-# -- gemini (json: error document on stderr; exit code = HTTP status mod 256) -------------
-GEMINI_KEY = "API key not valid. Please pass a valid API key."
+# -- gemini (captured from gemini-cli 0.61.0 against the fake; exit = HTTP status mod 256) --
+# Every capture is its own session. The fake reports 12 prompt and 5 output tokens a call.
 GEMINI_MAX = (
     "the agent reached its turn limit: Reached max session turns for this session. "
     "Increase the number of turns by specifying maxSessionTurns in settings.json."
 )
-GEMINI_RETRY = "Resource has been exhausted (e.g. check quota). Please retry in 37s."
+GEMINI_401 = AUTH_HEAD + "Invalid API key: authentication failed."
+GEMINI_500 = SERVER_HEAD + "Internal server error."
+GEMINI_RETRY = "Rate limit reached. Please try again in 37s. Suggested retry after 37s."
+GEMINI_ADVICE = (
+    "Please wait and try again later. To increase your limits, request a quota increase "
+    "through AI Studio, or switch to another /auth method"
+)
+GEMINI_NO_SESSION = (
+    "the session to resume was not found (gemini looks in its home, per directory): "
+    "Error resuming session: No previous sessions found for this project."
+)
 GEMINI_JSON = {
-    "success": Case(Outcome(True, ANSWER, GEMINI, None, 5480, 7), [T(ANSWER)]),
-    "tool-call-writes-file": Case(Outcome(True, CREATED, GEMINI, None, 11020, 61), [T(CREATED)]),
-    "401": failed(AUTH, AUTH_HEAD + GEMINI_KEY, session_id=GEMINI),
+    "success": Case(
+        Outcome(True, ANSWER, "b24d7ae9-adc3-4d6d-9562-b4d37755e799", None, 12, 5), [T(ANSWER)]
+    ),
+    "tool-call-writes-file": Case(
+        Outcome(True, CREATED, "4df451d8-1169-4861-8429-acc57ae7f849", None, 24, 10),
+        [T(CREATED)],
+    ),
+    "401": failed(AUTH, GEMINI_401, session_id="a9f25f7b-6993-42fb-8667-20a27a5da656"),
+    # no timestamp in json mode: the dispatcher resolves "try again in 37s" with its clock
     "429": failed(
         LIMIT,
-        f"{LIMIT_HEAD} (HTTP 429; retryDelay:37s): Resource has been exhausted (e.g. check quota).",
-        session_id=GEMINI,
+        f"{LIMIT_HEAD} (HTTP 429): {GEMINI_RETRY}",
+        session_id="f79ac2be-b84a-4e66-a5a8-975c379352b9",
     ),
-    # The error document has no code: only the exit code (244) names the status.
-    "500": Case(
-        Outcome(
-            False,
-            session_id=GEMINI,
-            error_kind=SERVER,
-            error=SERVER_HEAD + "Internal error encountered.",
-        ),
-        [E(SERVER, "the model API failed with a server error: Internal error encountered.")],
+    "500": failed(SERVER, GEMINI_500, session_id="07c1fc27-d79d-45f7-9a1d-c58a2ea24330"),
+    "max-turns": failed(
+        ErrorKind.MAX_TURNS, GEMINI_MAX, session_id="04a9339a-67b6-4a24-a6d3-d171b3d053df"
     ),
-    "max-turns": failed(ErrorKind.MAX_TURNS, GEMINI_MAX, session_id=GEMINI),
 }
 GEMINI_STREAM = {
-    "success": Case(Outcome(True, ANSWER, GEMINI, None, 5480, 7), [T(ANSWER)]),
+    "success": Case(
+        Outcome(True, ANSWER, "2ccb77b2-a0d1-4495-a58b-7be1db123422", None, 12, 5), [T(ANSWER)]
+    ),
     "tool-call-writes-file": Case(
-        Outcome(True, CREATED, GEMINI, None, 11020, 61),
+        Outcome(True, CREATED, "614eb6d5-4401-45fd-a185-9ab1bc4836ae", None, 24, 10),
         [
             T("I'll create hello.py."),
             U("write_file", "hello.py"),
@@ -277,45 +287,38 @@ GEMINI_STREAM = {
             T(CREATED),
         ],
     ),
-    # Events are announced before the exit code is known; the outcome adds its status.
-    "401": Case(
-        Outcome(False, "", GEMINI, error_kind=AUTH, error=f"{AUTH_HEAD}[API Error: {GEMINI_KEY}]"),
-        [E(AUTH, f"authentication failed: [API Error: {GEMINI_KEY}]")],
-    ),
+    "401": failed(AUTH, GEMINI_401, session_id="e53be164-4a48-4fd7-b4a0-34b610fefb5e"),
+    # The event is announced before the exit code (173) names the status; the outcome has it.
     "429": Case(
         Outcome(
             False,
             "",
-            GEMINI,
+            "0079471f-d3c7-4b25-99b1-da6071b38f76",
             error_kind=LIMIT,
-            error=f"{LIMIT_HEAD} (HTTP 429): [API Error: {GEMINI_RETRY}]",
-            resume_at=at(12, 0, 42),  # the result's timestamp (12:00:05) + 37 s
+            error=f"{LIMIT_HEAD} (HTTP 429): {GEMINI_RETRY} {GEMINI_ADVICE}",
+            # the result's timestamp (16:06:22.374) + 37 s
+            resume_at=datetime(2026, 11, 21, 16, 6, 59, 374000, tzinfo=UTC),
         ),
-        [
-            E(
-                LIMIT,
-                f"{LIMIT_HEAD} (HTTP 429): "
-                "Attempt 1 failed with status 429. Retrying with backoff...",
-                fatal=False,
-            ),
-            E(LIMIT, f"{LIMIT_HEAD}: [API Error: {GEMINI_RETRY}]"),
-        ],
+        [E(LIMIT, f"{LIMIT_HEAD}: {GEMINI_RETRY} {GEMINI_ADVICE}")],
     ),
-    "500": Case(
-        Outcome(
-            False,
-            "",
-            GEMINI,
-            error_kind=SERVER,
-            error=SERVER_HEAD + "[API Error: Internal error encountered.]",
-        ),
-        [
-            E(
-                SERVER,
-                "the model API failed with a server error: "
-                "[API Error: Internal error encountered.]",
-            )
-        ],
+    "500": failed(SERVER, GEMINI_500, session_id="099b09a3-ba25-4831-bf8f-2116a2fc3a99"),
+    # maxSessionTurns = 1: the tool ran, then the turn limit stopped the second model call
+    "max-turns": failed(
+        ErrorKind.MAX_TURNS,
+        GEMINI_MAX,
+        [U("write_file", "hello.py"), F("hello.py", "write")],
+        session_id="b4c5d75f-083f-4d1e-9e03-d869fde24ee9",
+        tokens_in=12,
+        tokens_out=5,
+    ),
+    # --resume ID with a copy of the first run's home, in the same directory
+    "resumed": Case(
+        Outcome(True, "It is still 4.", "4912a92b-a20b-434d-8f0c-88c17d152a14", None, 12, 5),
+        [T("It is still 4.")],
+    ),
+    # --resume ID in a fresh home: exit 42, a plain line on stderr, nothing on stdout
+    "resume-unknown-session": Case(
+        Outcome(False, "", error_kind=ErrorKind.CONFIG, error=GEMINI_NO_SESSION)
     ),
 }
 

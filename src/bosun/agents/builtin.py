@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from bosun.agents import cli_claude, cli_codex
+from bosun.agents import cli_claude, cli_codex, cli_gemini
 from bosun.agents.spec import DEFAULT_ENV_ALLOW, AgentSpec, PromptDelivery
 from bosun.errors import ConfigError
 
@@ -38,7 +38,7 @@ DEMO = AgentSpec(
 
 #: Agents available in every configuration, by name.
 BUILTIN_AGENTS: Mapping[str, AgentSpec] = MappingProxyType(
-    {spec.name: spec for spec in (DEMO, cli_claude.SPEC, cli_codex.SPEC)}
+    {spec.name: spec for spec in (DEMO, cli_claude.SPEC, cli_codex.SPEC, cli_gemini.SPEC)}
 )
 
 _TUPLES = ("command", "resume", "resume_command", "env_allow", "version_command")

@@ -1,21 +1,27 @@
 """Gemini CLI (``gemini -p``) output, ``--output-format json`` and ``stream-json``.
 
 json: one pretty-printed document at the end, ``{session_id, response, stats}`` on stdout;
-on failure stdout is empty and ``{session_id?, error{type, message, code}}`` is on stderr.
-stream-json: one event per line, ``init{session_id}``, ``message{role, content, delta?}``,
-``tool_use{tool_name, tool_id, parameters}``, ``tool_result{tool_id, status}``,
-``error{severity, message}`` (not fatal) and ``result{status, error?, stats}``. One parser
-reads both.
+on failure stdout is empty and ``{session_id?, error{type, message, code}}`` is on stderr,
+after gemini's own log lines and a stack trace (and, for fatal errors, once more prefixed
+``[ERROR] ``). stream-json: one event per line, ``init{session_id}``, ``message{role,
+content, delta?}``, ``tool_use{tool_name, tool_id, parameters}``, ``tool_result{tool_id,
+status, output?, error?}``, ``error{severity, message}`` (not fatal) and ``result{status,
+error?, stats}``; an API error's result message reads ``[API Error: DETAIL]`` followed by
+gemini's advice, where DETAIL is the API's JSON error body or the error's message. One
+parser reads both.
 
 Exit codes: an API failure exits with the HTTP status mod 256 (401 -> 145, 429 -> 173,
 500 -> 244), so the exit code names the status when the output does not; gemini's own fatal
-errors use 41 (auth), 42 (bad input), 52 (config), 53 (turn limit), 55 (untrusted folder).
+errors use 41 (auth), 42 (bad input, e.g. no session to resume), 52 (config), 53 (turn
+limit), 55 (untrusted folder).
 
 Timestamps on stream events let a relative reset hint ("retry in 37s") become a time.
+Checked against gemini-cli 0.61.0 (tests/fixtures/agent-output/gemini-*).
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -58,6 +64,10 @@ _ERROR_TYPES = {
     "FatalTurnLimitedError": ErrorKind.MAX_TURNS,
 }
 _MAX_DELTA = 64 * 1024
+_NO_SESSION = "the session to resume was not found (gemini looks in its home, per directory)"
+#: ``[API Error: DETAIL]`` at the start of a result's message; DETAIL may hold brackets (a
+#: JSON body's ``"details":[]``), so it ends at the ``]`` that ends a line or the message.
+_API_ERROR = re.compile(r"\[API Error: (.*?)\](?=\n|\s*$)", re.DOTALL)
 
 
 class GeminiParser(CliParser):
@@ -134,7 +144,7 @@ class GeminiParser(CliParser):
         if event.get("status") != "error":
             return []
         error = obj(event.get("error"))
-        message = text_of(error.get("message"))
+        message = _unwrap(text_of(error.get("message")))
         return [
             self._fail(
                 message or "gemini reported an error", error, iso_time(event.get("timestamp"))
@@ -192,7 +202,9 @@ class GeminiParser(CliParser):
         if status is None and kind is None:
             return super().exit_error(exit_code)
         detail = self._last_stderr or f"exited with code {exit_code}"
-        return classify(detail, status=status, kind=kind)
+        # "Error resuming session: No previous sessions found for this project." (exit 42)
+        label = _NO_SESSION if exit_code == 42 and "resuming session" in detail else None
+        return classify(detail, status=status, kind=kind, label=label)
 
     def finish(self, exit_code: int | None) -> Outcome:
         """Flush pending streamed text; let the exit code name a status the error lacked."""
@@ -204,3 +216,13 @@ class GeminiParser(CliParser):
                 self._error_text, status=status, kind=self._error_kind, at=self._error_at
             )
         return super().finish(exit_code)
+
+
+def _unwrap(message: str) -> str:
+    """``[API Error: DETAIL] advice`` as ``DETAIL advice``: the brackets would hide a JSON
+    error body from :func:`~bosun.agents.parse_errors.readable`."""
+    match = _API_ERROR.match(message)
+    if match is None:
+        return message
+    rest = message[match.end() :].strip()
+    return f"{match.group(1).strip()} {rest}" if rest else match.group(1).strip()
