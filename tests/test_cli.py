@@ -340,3 +340,23 @@ def test_agents_parse_explains_a_captured_failure(cfg: Path) -> None:
     assert outcome["success"] is False and outcome["error_kind"] == "auth"
     unknown = bosun(cfg, "agents", "parse", "nope", str(cases / "401.stdout"), check=False)
     assert unknown.returncode == 2 and "neither an agent nor a parser" in unknown.stderr
+
+
+def test_doctor_names_each_problem_and_its_fix(tmp_path: Path, origin: Path) -> None:
+    cfg = tmp_path / "doc"
+    write_config(cfg, origin)
+    with (cfg / "bosun.toml").open("a") as f:
+        f.write('\n[agents.ghost]\ncommand = ["no-such-agent-cli-xyz", "run"]\n')
+        f.write('\n[agents.keyed]\ncommand = ["sh", "-c", "true"]\n')
+        f.write('env_allow = ["PATH", "KEYED_API_KEY"]\n')
+    done = bosun(cfg, "doctor", "--json", check=False)
+    assert done.returncode == 1
+    checks = {c["agent"]: c for c in as_json(done)}
+    assert checks["echo"]["ok"] is True and checks["echo"]["installed"] is True
+    ghost = checks["ghost"]
+    assert ghost["installed"] is False and ghost["counts"] is True
+    assert "no-such-agent-cli-xyz is not installed on local" in ghost["problems"][0]
+    assert "KEYED_API_KEY" in checks["keyed"]["fixes"][0]
+    assert checks["demo"]["version"].startswith("bosun demo agent")
+    only_echo = bosun(cfg, "doctor", "--agent", "echo", "--json", check=False)
+    assert only_echo.returncode == 0

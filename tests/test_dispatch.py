@@ -433,3 +433,29 @@ async def test_a_usage_limit_pauses_until_the_reset_time_the_agent_named(
     # "resets 3pm (Europe/Berlin)": the next 3 pm in Berlin
     berlin = done.not_before.astimezone(ZoneInfo("Europe/Berlin"))
     assert (berlin.hour, berlin.minute) == (15, 0)
+
+
+async def test_a_missing_agent_program_fails_once_and_marks_the_agent_unhealthy(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(agents={"ghost": {"command": ["no-such-agent-cli-xyz"]}})
+    async with await Service.open(settings) as svc:
+        first = await svc.submit(TaskSpec(title="First", agent="ghost"))
+        stop = asyncio.Event()
+        dispatcher = Dispatcher(settings, svc.store, make_providers(settings))
+        job = asyncio.create_task(dispatcher.run(stop=stop))
+        async with asyncio.timeout(20):
+            while (await svc.get(first.id)).status is not TaskStatus.FAILED:
+                await asyncio.sleep(0.05)
+            # a later task is not run on a host where the agent is known to be missing
+            second = await svc.submit(TaskSpec(title="Second", agent="ghost"))
+            while not [e for e in await svc.events(second.id) if e.kind == "task.unplaceable"]:
+                await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(job, 20)
+        failed = await svc.get(first.id)
+        kinds = [e.kind for e in await svc.events(first.id)]
+        assert (await svc.get(second.id)).status is TaskStatus.QUEUED
+    assert failed.error_kind is ErrorKind.CONFIG and failed.attempt == 1
+    assert failed.error is not None and "not installed on host local" in failed.error
+    assert "agent.unhealthy" in kinds

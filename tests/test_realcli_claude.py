@@ -93,6 +93,10 @@ async def test_api_errors(
     assert (done.task.status, done.task.error_kind) == (status, kind), done.task.error
     if status is TaskStatus.PAUSED:
         assert done.task.not_before is not None
+    if kind is ErrorKind.AUTH:  # a login is per agent and host: the message names both
+        assert done.task.error is not None
+        assert done.task.error.startswith("agent claude on host local: ")
+        assert "agent.unhealthy" in done.kinds()
 
 
 async def test_a_hang_is_killed_with_its_process_group(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -603,6 +604,68 @@ def agents_parse(
             out.print(escape(f"[{ev.kind}] {ev.text}"))
     verdict = "success" if outcome.success else f"failure ({outcome.error_kind})"
     out.print(escape(f"{parser}: {verdict}: {outcome.error or outcome.summary}"))
+
+
+@app.command()
+def doctor(
+    config: ConfigOpt = None,
+    agent: Annotated[
+        list[str] | None, typer.Option(help="Check only this agent (repeatable).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check each agent on each host: installed, version, credentials; print the fixes.
+
+    Exits 1 when a checked agent has a problem. Without --agent, built-in agents that are
+    not installed are listed but do not count (you may not use them)."""
+    from bosun.preflight import check_agent
+
+    settings = _settings(config)
+    chosen = agent or sorted(settings.agents)
+    unknown = [a for a in chosen if a not in settings.agents]
+    if unknown:
+        _fail(InputError(f"unknown agent(s): {', '.join(unknown)}", "see `bosun agents list`"))
+
+    async def go() -> list[Any]:
+        providers = make_providers(settings)
+        try:
+            return [
+                await check_agent(providers[host], host, settings.agents[name], os.environ)
+                for host in providers
+                for name in chosen
+                if not settings.hosts[host].agents or name in settings.hosts[host].agents
+            ]
+        finally:
+            for provider in providers.values():
+                await provider.aclose()
+
+    checks = _run(go)
+
+    def counts(c: Any) -> bool:
+        optional = not agent and c.agent in BUILTIN_AGENTS and not c.installed
+        return not c.ok and not optional
+
+    failed = [c for c in checks if counts(c)]
+    if as_json:
+        _print_json([{**c.to_json(), "counts": counts(c)} for c in checks])
+    else:
+        table = Table()
+        for col in ("host", "agent", "installed", "version", "credentials", "problem / fix"):
+            table.add_column(col, overflow="fold")
+        for c in checks:
+            status = "[green]yes[/]" if c.installed else "[red]no[/]"
+            notes = "\n".join(f"{p}\n  fix: {f}" for p, f in zip(c.problems, c.fixes, strict=False))
+            table.add_row(
+                c.host,
+                c.agent,
+                status,
+                escape(c.version or ""),
+                escape(c.credentials or ("missing" if c.installed else "")),
+                escape(notes or "ok"),
+            )
+        out.print(table)
+    if failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

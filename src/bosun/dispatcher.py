@@ -234,6 +234,7 @@ class Dispatcher:
                 labels=frozenset(h.labels),
                 priority=h.priority,
                 enabled=h.enabled,
+                unhealthy_agents=frozenset(self.ctx.unhealthy.get(name, ())),
             )
             for name, h in self.settings.hosts.items()
             if name in self.ctx.providers

@@ -24,6 +24,7 @@ from bosun.agents.reset_time import parse_reset_time
 from bosun.config import Settings
 from bosun.errors import BosunError, ConfigError, InputError, LeaseLost, NotFound
 from bosun.models import ErrorKind, NewEvent, Outcome, Run, RunStatus, Task, TaskStatus
+from bosun.preflight import locate, program_of
 from bosun.prompt import build_prompt
 from bosun.providers.base import Provider, RunHandle
 from bosun.store.base import Store
@@ -50,6 +51,18 @@ class Context:
     owner: str
     clock: Callable[[], datetime] = utcnow
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    #: (host, agent) pairs whose program was found on the host (preflight done)
+    checked: set[tuple[str, str]] = field(default_factory=set)
+    #: host -> agent -> why it gets no new work there (until bosun restarts)
+    unhealthy: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    async def mark_unhealthy(self, host: str, agent: str, reason: str, task_id: int) -> None:
+        self.unhealthy.setdefault(host, {})[agent] = reason
+        await self.store.append_event(
+            NewEvent(
+                "agent.unhealthy", {"host": host, "agent": agent, "reason": reason}, task_id=task_id
+            )
+        )
 
 
 class _Stop(Exception):
@@ -75,6 +88,8 @@ class Attempt:
         """Run a task that this dispatcher has just claimed."""
         task = self.task
         store = self.ctx.store
+        if not await self._preflight():
+            return
         try:
             wt = await self._prepare()
         except BosunError as exc:
@@ -142,6 +157,26 @@ class Attempt:
             )
         )
         await self._follow_and_finish(run, handle, wt)
+
+    async def _preflight(self) -> bool:
+        """Before an agent's first use on a host: is its program there at all?"""
+        key = (self.host, self.task.agent)
+        if key in self.ctx.checked:
+            return True
+        program = program_of(self.spec)
+        if await locate(self.provider, program) is None:
+            reason = f"{program} is not installed on host {self.host}"
+            await self.ctx.mark_unhealthy(self.host, self.task.agent, reason, self.task.id)
+            await self._fail_before_launch(
+                ErrorKind.CONFIG,
+                ConfigError(
+                    f"agent {self.task.agent}: {reason}",
+                    f"install it there (see `bosun doctor`), then `bosun retry {self.task.id}`",
+                ),
+            )
+            return False
+        self.ctx.checked.add(key)
+        return True
 
     async def _carry_home(self, run_dir: str) -> None:
         """A resumed session lives in the previous run's isolated HOME (the CLIs keep their
@@ -432,6 +467,11 @@ class Attempt:
         }
         if outcome.session_id:
             fields["session_id"] = outcome.session_id
+        if outcome.error_kind is ErrorKind.AUTH:
+            # Name where it failed: a login is per agent and per host.
+            message = f"agent {task.agent} on host {self.host}: {outcome.error}"
+            outcome = replace(outcome, error=message)
+            await ctx.mark_unhealthy(self.host, task.agent, message, task.id)
         if outcome.success:
             fields.update(result_summary=outcome.summary, error=None, error_kind=None)
         else:
