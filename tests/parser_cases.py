@@ -16,10 +16,8 @@ from bosun.models import AgentEvent, ErrorKind, Outcome
 CLAUDE = "5f1c2a9e-3b7d-4c1e-9a2f-8d6e4b3c2a10"
 QWEN = "8e2d6f4a-1c3b-4f5e-a7d9-2b4c6e8f0a13"
 CODEX = "01a1fed9-a44f-7912-9df8-e500d7eddf0f"
-OPENCODE = "ses_494719016ffe85dkDMj0FPRbHK"
 CLAUDE_WT = "/work/runs/task-7/wt"
 QWEN_WT = "/work/runs/task-9/wt"
-OPENCODE_WT = "/work/runs/task-11/wt"
 
 AUTH, LIMIT, SERVER = ErrorKind.AUTH, ErrorKind.USAGE_LIMIT, ErrorKind.SERVER
 AUTH_HEAD = "authentication failed (HTTP 401): "
@@ -322,50 +320,81 @@ GEMINI_STREAM = {
     ),
 }
 
-# -- opencode ----------------------------------------------------------------------------
-OPENCODE_REFUSED = (
-    f"write {OPENCODE_WT}/hello.py was refused: "
+# -- opencode (captured from opencode 1.18.33 through bosun, see the fixtures' README) -----
+OC_WT = "/tmp/ocpt/test_tool_call_writes_a_file_t0/cfg/.bosun/worktrees/1-write-hello"
+OC_DENIED = (
+    "permission denied: write /tmp/ocw5145mbyj/hello.txt was refused: "
     "The user rejected permission to use this specific tool call"
 )
+OC_401 = AUTH_HEAD + "APIError: Invalid API key: authentication failed."
+OC_429 = (
+    f"{LIMIT_HEAD} (HTTP 429): APIError: Rate limit reached. Please try again in 30s. "
+    "(retry-after: 30)"
+)
+OC_500 = SERVER_HEAD + "APIError: Internal server error. (retry-after: 10 ms)"
+# opencode's log lines on stderr: one per failed request (its own retries included)
+OC_401_LOG = E(AUTH, "authentication failed: Invalid API key: authentication failed.", fatal=False)
+OC_429_LOG = E(LIMIT, f"{LIMIT_HEAD}: Rate limit reached. Please try again in 1s.", fatal=False)
+OC_429_LAST = E(LIMIT, f"{LIMIT_HEAD}: Rate limit reached. Please try again in 30s.", fatal=False)
+OC_500_LOG = E(
+    SERVER, "the model API failed with a server error: Internal server error.", fatal=False
+)
 OPENCODE_CASES = {
-    "success": Case(Outcome(True, ANSWER, OPENCODE, 1, 22086, 8, 0.00012), [T(ANSWER)]),
+    # cost 0 (opencode knows no price for a custom model) reads as "not reported"
+    "success": Case(
+        Outcome(True, "Hello from the fake model.", "ses_e011ef6e0ffeCmr5GwPy7uZdn4", 1, 12, 5),
+        [T("Hello from the fake model.")],
+    ),
     "tool-call-writes-file": Case(
-        Outcome(True, CREATED, OPENCODE, 2, 43724, 122, 0.002),
-        [U("write", f"{OPENCODE_WT}/hello.py"), F(f"{OPENCODE_WT}/hello.py", "write"), T(CREATED)],
+        Outcome(True, "Wrote hello.txt.", "ses_e011ecbedffemp8YAtYEGqG1RH", 2, 24, 10),
+        [
+            T("On it."),
+            U("write", f"{OC_WT}/hello.txt"),
+            F(f"{OC_WT}/hello.txt", "write"),
+            T("Wrote hello.txt."),
+        ],
     ),
-    "401": failed(
-        AUTH,
-        AUTH_HEAD + "APIError: Incorrect API key provided: sk-test",
-        session_id=OPENCODE,
-        turns=1,
+    "401": Case(
+        Outcome(False, session_id="ses_e011e9565ffet0pSiBNCPxc3LU", error_kind=AUTH, error=OC_401),
+        [E(AUTH, OC_401), OC_401_LOG],
     ),
-    "429": failed(
-        LIMIT,
-        f"{LIMIT_HEAD} (HTTP 429): APIError: Rate limit reached for requests (retry-after: 20)",
-        session_id=OPENCODE,
-        turns=1,
-        resume_at=at(12, 0, 25),  # the error's timestamp (12:00:05) + 20 s
+    "429": Case(
+        Outcome(
+            False,
+            session_id="ses_e011e72faffe84r3t054eHOYfX",
+            error_kind=LIMIT,
+            error=OC_429,
+            # the error event's timestamp (16:12:42.427) + 30 s
+            resume_at=datetime(2026, 11, 21, 16, 13, 12, 427000, tzinfo=UTC),
+        ),
+        [E(LIMIT, OC_429), *[OC_429_LOG] * 5, OC_429_LAST],
     ),
-    "500": failed(
-        SERVER, SERVER_HEAD + "APIError: Internal Server Error", session_id=OPENCODE, turns=1
+    "500": Case(
+        Outcome(
+            False, session_id="ses_e011e4c93ffeNOmyAzqcnJSM5Y", error_kind=SERVER, error=OC_500
+        ),
+        [E(SERVER, OC_500), *[OC_500_LOG] * 6],
     ),
+    # opencode run refuses the request itself and ends the run: exit 0, no second step
     "permission": Case(
         Outcome(
             False,
-            "I could not write hello.py: permission was refused.",
-            OPENCODE,
-            2,
-            43160,
-            109,
-            0.001,
+            "",
+            "ses_e011d0cc4ffeM18tyE5lLRC4zN",
+            1,
+            12,
+            5,
             error_kind=ErrorKind.PERMISSION,
-            error=f"permission denied: {OPENCODE_REFUSED}; no file was written",
+            error=f"{OC_DENIED}; no file was written",
         ),
         [
-            U("write", f"{OPENCODE_WT}/hello.py"),
-            E(ErrorKind.PERMISSION, f"permission denied: {OPENCODE_REFUSED}", fatal=False),
-            T("I could not write hello.py: permission was refused."),
+            U("write", "/tmp/ocw5145mbyj/hello.txt"),
+            E(ErrorKind.PERMISSION, OC_DENIED, fatal=False),
         ],
+    ),
+    # --session ID: the resumed run keeps the session's id
+    "resumed": Case(
+        Outcome(True, "It was 42.", "ses_e011df69affeV3QL6z7z8Suxdg", 1, 12, 5), [T("It was 42.")]
     ),
 }
 
@@ -410,6 +439,40 @@ AIDER_CASES = {
     ),
 }
 
+# -- ollama (bosun's own agent, python -m bosun.ollama_agent, captured against the fake) ---
+OLLAMA = "2c618fd8c61942da943bdccf87ad5dab"
+OLLAMA_URL = "http://127.0.0.1:44821/api/chat"
+OLLAMA_HOME = "/tmp/bosun-ollama-capture-zlkv4u7c/resume-unknown-session/home"
+OLLAMA_UNKNOWN = "0123456789abcdef0123456789abcdef"
+OLLAMA_401 = AUTH_HEAD + "Invalid API key: authentication failed."
+OLLAMA_429 = f"{LIMIT_HEAD} (HTTP 429): Rate limit reached. Please try again in 30s."
+OLLAMA_500 = SERVER_HEAD + "Internal server error."
+OLLAMA_404 = (
+    'the model is not on the server (HTTP 404): model "llama3.1" not found, try pulling it first'
+)
+OLLAMA_REFUSED = (
+    f"cannot reach the Ollama server: connection refused at {OLLAMA_URL} (is `ollama serve` "
+    "running there? point the agent elsewhere with OLLAMA_HOST or --base-url)"
+)
+OLLAMA_TIMEOUT = f"the model API timed out: the answer from {OLLAMA_URL} stalled for 1s (timed out)"
+OLLAMA_NO_SESSION = (
+    f"the agent reported an error: cannot resume session {OLLAMA_UNKNOWN}: no "
+    f"{OLLAMA_UNKNOWN}.json in {OLLAMA_HOME}/.ollama-agent/sessions"
+)
+OLLAMA_CASES = {
+    "success": Case(Outcome(True, "The answer is 4.", OLLAMA, 1, 12, 5), [T("The answer is 4.")]),
+    # --resume ID: the same session id, the earlier conversation sent again
+    "resumed": Case(Outcome(True, "It was 4.", OLLAMA, 1, 12, 5), [T("It was 4.")]),
+    "401": failed(AUTH, OLLAMA_401),
+    "429": failed(LIMIT, OLLAMA_429),
+    "500": failed(SERVER, OLLAMA_500),
+    "model-not-found": failed(ErrorKind.CONFIG, OLLAMA_404),
+    "connection-refused": failed(SERVER, OLLAMA_REFUSED),
+    # the pieces that arrived before the stream stalled are the summary
+    "read-timeout": failed(ErrorKind.TIMEOUT, OLLAMA_TIMEOUT, summary="Let me think"),
+    "resume-unknown-session": failed(ErrorKind.AGENT, OLLAMA_NO_SESSION),
+}
+
 EXPECTED: dict[str, dict[str, Case]] = {
     "claude-stream-json": CLAUDE_STREAM,
     "claude-json": CLAUDE_JSON,
@@ -420,4 +483,5 @@ EXPECTED: dict[str, dict[str, Case]] = {
     "gemini-stream-json": GEMINI_STREAM,
     "opencode-jsonl": OPENCODE_CASES,
     "aider": AIDER_CASES,
+    "ollama": OLLAMA_CASES,
 }

@@ -440,7 +440,7 @@ def test_parsers_never_raise_and_emit_one_event_per_line(
 # -- built-ins -----------------------------------------------------------------------------
 def test_demo_builtin_is_described_as_not_an_ai() -> None:
     demo = BUILTIN_AGENTS["demo"]
-    assert demo.command == ("{python}", "-m", "bosun.demo_agent")
+    assert demo.command == ("{python}", "-I", "-m", "bosun.demo_agent")
     assert demo.prompt is PromptDelivery.STDIN
     assert demo.parser == "raw"
     assert "NOT an AI" in demo.description

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from bosun.agents import cli_claude, cli_codex, cli_gemini
+from bosun.agents import cli_claude, cli_codex, cli_gemini, cli_ollama
 from bosun.agents.spec import DEFAULT_ENV_ALLOW, AgentSpec, PromptDelivery
 from bosun.errors import ConfigError
 
@@ -24,7 +24,8 @@ __all__ = ["BUILTIN_AGENTS", "resolve_agents"]
 
 DEMO = AgentSpec(
     name="demo",
-    command=("{python}", "-m", "bosun.demo_agent"),
+    # -I: isolated mode, so a repository's own bosun/ package cannot replace the agent
+    command=("{python}", "-I", "-m", "bosun.demo_agent"),
     prompt=PromptDelivery.STDIN,
     parser="raw",
     # BOSUN_DEMO_* tunes the demo (its per-action delay) from bosun's environment.
@@ -38,7 +39,10 @@ DEMO = AgentSpec(
 
 #: Agents available in every configuration, by name.
 BUILTIN_AGENTS: Mapping[str, AgentSpec] = MappingProxyType(
-    {spec.name: spec for spec in (DEMO, cli_claude.SPEC, cli_codex.SPEC, cli_gemini.SPEC)}
+    {
+        spec.name: spec
+        for spec in (DEMO, cli_claude.SPEC, cli_codex.SPEC, cli_gemini.SPEC, cli_ollama.SPEC)
+    }
 )
 
 _TUPLES = ("command", "resume", "resume_command", "env_allow", "version_command")

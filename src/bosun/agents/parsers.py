@@ -16,9 +16,10 @@ Built-in parsers:
     a string ``result`` key gives the summary.
 
 The real agent CLIs have their own parsers (``parse_claude``, ``parse_codex``,
-``parse_gemini``, ``parse_opencode``, ``parse_aider``), registered here under the names
-AgentSpecs use: ``claude-json``, ``claude-stream-json``, ``qwen-json``, ``qwen-stream-json``,
-``codex-jsonl``, ``gemini-json``, ``gemini-stream-json``, ``opencode-jsonl``, ``aider``.
+``parse_gemini``, ``parse_opencode``, ``parse_aider``, ``parse_ollama``), registered here
+under the names AgentSpecs use: ``claude-json``, ``claude-stream-json``, ``qwen-json``,
+``qwen-stream-json``, ``codex-jsonl``, ``gemini-json``, ``gemini-stream-json``,
+``opencode-jsonl``, ``aider``, ``ollama``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from bosun.agents.parse_aider import AiderParser
 from bosun.agents.parse_claude import ClaudeParser
 from bosun.agents.parse_codex import CodexParser
 from bosun.agents.parse_gemini import GeminiParser
+from bosun.agents.parse_ollama import OllamaParser
 from bosun.agents.parse_opencode import OpencodeParser
 from bosun.errors import ConfigError
 from bosun.models import AgentEvent, ErrorKind, Outcome
@@ -173,6 +175,7 @@ PARSERS: Mapping[str, Callable[[], Parser]] = MappingProxyType(
         "gemini-stream-json": GeminiParser,
         "opencode-jsonl": OpencodeParser,
         "aider": AiderParser,
+        "ollama": OllamaParser,
     }
 )
 
