@@ -16,15 +16,21 @@ and its events, so each CLI's test reads as: script the fake, run, assert.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from bosun.agents.parsers import parse_capture
 from bosun.config import Settings
 from bosun.dispatcher import Dispatcher
-from bosun.models import Event, Run, Task, TaskSpec
+from bosun.models import Event, Outcome, Run, Task, TaskSpec
+from bosun.providers.base import Command
+from bosun.providers.local import LocalProvider
 from bosun.service import Service, make_providers
 from tests.agent_clis import bin_dir, in_ci, require_cli
 from tests.fakes import FakeModelServer
@@ -58,8 +64,6 @@ def fake(loopback_only: None) -> Iterator[FakeModelServer]:
 @pytest.fixture
 def cli_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Put the installed CLIs first on PATH (bosun passes PATH through to agents)."""
-    import os
-
     monkeypatch.setenv("PATH", f"{bin_dir()}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
@@ -99,3 +103,48 @@ async def run_more(settings: Settings, *, timeout: float = 180) -> None:
     async with await Service.open(settings) as svc:
         dispatcher = Dispatcher(settings, svc.store, make_providers(settings))
         await asyncio.wait_for(dispatcher.run(burst=True), timeout)
+
+
+@dataclass(frozen=True)
+class Resumed:
+    command: Command
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    outcome: Outcome
+
+
+async def resume_in_place(
+    settings: Settings, agent: str, first: Finished, prompt: str, *, timeout: float = 120
+) -> Resumed:
+    """Continue ``first``'s session the way bosun's rework run does: a new run directory
+    whose HOME starts as a copy of the first run's (the CLIs keep sessions there), in the
+    same worktree path (re-created: it was removed when the task completed)."""
+    spec = settings.agents[agent]
+    ref = first.runs[0].ref
+    assert first.task.session_id, "the first run recorded no session id"
+    provider = LocalProvider("local", str(settings.state_dir))
+    try:
+        run_dir = await provider.run_dir(f"resume-{first.task.id}")
+        shutil.copytree(Path(ref["run_dir"]) / "home", Path(run_dir) / "home")
+        Path(ref["workdir"]).mkdir(parents=True, exist_ok=True)
+        command = spec.build(
+            prompt=prompt,
+            workdir=str(ref["workdir"]),
+            run_dir=run_dir,
+            session_id=first.task.session_id,
+            environ=os.environ,
+        )
+        handle = await provider.launch(command, run_dir)
+        try:
+            async with asyncio.timeout(timeout):
+                while await handle.exit_code() is None:
+                    await asyncio.sleep(0.02)
+        finally:
+            await handle.cancel(0.5)  # a no-op once it has ended
+    finally:
+        await provider.aclose()
+    code = await handle.exit_code()
+    out, err = (Path(run_dir, name).read_text() for name in ("stdout", "stderr"))
+    _, outcome = parse_capture(spec.parser, out, err, code)
+    return Resumed(command, code, out, err, outcome)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,7 @@ from tests.fakes import (
     rate_limited,
     server_error,
 )
-from tests.realcli import Finished, need, run_task
+from tests.realcli import Finished, need, resume_in_place, run_task
 
 pytestmark = [pytest.mark.realcli, pytest.mark.usefixtures("cli_path")]
 
@@ -119,31 +117,10 @@ async def test_resume_carries_the_first_conversation(
     fake.push(Text("First answer: 42."))
     first = await run_task(claude, task("Remember a number"))
     assert first.task.status is TaskStatus.COMPLETED, first.task.error
-    session = first.task.session_id
-    assert session
-    ref = first.runs[0].ref
-    # A rework run gets the previous run's home (where claude keeps its sessions) and the
-    # same worktree path (claude resumes only from the same directory).
-    provider = LocalProvider("local", str(claude.state_dir))
-    run_dir = await provider.run_dir("resume-check")
-    shutil.copytree(Path(ref["run_dir"]) / "home", Path(run_dir) / "home")
-    Path(ref["workdir"]).mkdir(parents=True, exist_ok=True)
-    spec = claude.agents["claude"]
-    command = spec.build(
-        prompt="What was the number?",
-        workdir=str(ref["workdir"]),
-        run_dir=run_dir,
-        session_id=session,
-        environ=os.environ,
-    )
-    assert command.argv[-2:] == ("--resume", session)
     fake.push(Text("It was 42."))
-    handle = await provider.launch(command, run_dir)
-    for _ in range(3000):
-        if await handle.exit_code() is not None:
-            break
-        await asyncio.sleep(0.02)
-    await provider.aclose()
-    assert await handle.exit_code() == 0
-    resumed = str(fake.model_requests[-1].body)
-    assert "First answer: 42." in resumed and "What was the number?" in resumed
+    resumed = await resume_in_place(claude, "claude", first, "What was the number?")
+    assert resumed.command.argv[-2:] == ("--resume", first.task.session_id)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert resumed.outcome.summary == "It was 42."
+    sent = str(fake.model_requests[-1].body)
+    assert "First answer: 42." in sent and "What was the number?" in sent

@@ -6,21 +6,17 @@ that in the hang test it is the fake's stalled stream, not the start-up, that tr
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
-import shutil
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from bosun.agents.cli_gemini import SPEC
-from bosun.agents.parsers import parse_capture
 from bosun.config import Settings
 from bosun.models import ErrorKind, RunStatus, TaskSpec, TaskStatus
-from bosun.providers.local import LocalProvider
 from tests.conftest import SettingsFactory, git
 from tests.fakes import (
     FakeModelServer,
@@ -32,7 +28,7 @@ from tests.fakes import (
     rate_limited,
     server_error,
 )
-from tests.realcli import need, run_task
+from tests.realcli import need, resume_in_place, run_task
 
 pytestmark = [pytest.mark.realcli, pytest.mark.usefixtures("cli_path")]
 
@@ -149,36 +145,13 @@ async def test_resume_carries_the_first_conversation(
     first = await run_task(gemini, task("Remember a number"))
     assert first.task.status is TaskStatus.COMPLETED, first.task.error
     session = first.task.session_id
-    assert session
-    ref = first.runs[0].ref
     # gemini keeps the session under $HOME/.gemini/tmp/<project>/chats, <project> keyed by
-    # the working directory: the resumed run gets a copy of the first run's home (what
-    # bosun core must do for a rework run) and the same worktree path.
-    provider = LocalProvider("local", str(gemini.state_dir))
-    run_dir = await provider.run_dir("resume-check")
-    shutil.copytree(Path(ref["run_dir"]) / "home", Path(run_dir) / "home")
-    Path(ref["workdir"]).mkdir(parents=True, exist_ok=True)
-    command = SPEC.build(
-        prompt="What was the number?",
-        workdir=str(ref["workdir"]),
-        run_dir=run_dir,
-        session_id=session,
-        environ=os.environ,
-    )
-    assert command.argv[-2:] == ("--resume", session)
+    # the working directory: resume_in_place copies the home and keeps the worktree path.
     fake.push(Text("It was 42."))
-    handle = await provider.launch(command, run_dir)
-    try:
-        for _ in range(3000):
-            if await handle.exit_code() is not None:
-                break
-            await asyncio.sleep(0.02)
-    finally:
-        await handle.cancel(0.5)  # a no-op once it has ended
-        await provider.aclose()
-    out, err = (Path(run_dir, name).read_text() for name in ("stdout", "stderr"))
-    assert await handle.exit_code() == 0, err
-    _, outcome = parse_capture(SPEC.parser, out, err, 0)
+    resumed = await resume_in_place(gemini, "gemini", first, "What was the number?")
+    assert resumed.command.argv[-2:] == ("--resume", session)
+    assert resumed.exit_code == 0, resumed.stderr
+    outcome = resumed.outcome
     assert (outcome.success, outcome.summary, outcome.session_id) == (True, "It was 42.", session)
-    resumed = contents(fake.model_requests[-1].body)
-    assert "First answer: 42." in resumed and "What was the number?" in resumed
+    sent = contents(fake.model_requests[-1].body)
+    assert "First answer: 42." in sent and "What was the number?" in sent
