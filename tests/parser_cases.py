@@ -17,7 +17,7 @@ CLAUDE = "5f1c2a9e-3b7d-4c1e-9a2f-8d6e4b3c2a10"
 QWEN = "8e2d6f4a-1c3b-4f5e-a7d9-2b4c6e8f0a13"
 CODEX = "01a1fed9-a44f-7912-9df8-e500d7eddf0f"
 CLAUDE_WT = "/work/runs/task-7/wt"
-QWEN_WT = "/work/runs/task-9/wt"
+QWEN_WT = "/var/tmp/bosun-qwen-capture/wt"
 
 AUTH, LIMIT, SERVER = ErrorKind.AUTH, ErrorKind.USAGE_LIMIT, ErrorKind.SERVER
 AUTH_HEAD = "authentication failed (HTTP 401): "
@@ -139,29 +139,62 @@ CLAUDE_JSON = {
     "permission": Case(CLAUDE_STREAM["permission"].outcome),
 }
 
-# -- qwen (exits 0 on API errors; same shapes as claude) ----------------------------------
-QWEN_401 = (
-    AUTH_HEAD + "[API Error: 401 Incorrect API key provided: sk-test. "
-    "You can find your API key at https://platform.openai.com/account/api-keys.]"
+# -- qwen (captured from qwen-code 0.15.10 run by bosun's spec against the fake; json mode
+# is the same run with --output-format json; --session-id fixed the id) -------------------
+QWEN_401 = AUTH_HEAD + "[API Error: 401 Invalid API key: authentication failed.]"
+# relative: the dispatcher resolves "try again in 20s" with its clock
+QWEN_429 = f"{LIMIT_HEAD} (HTTP 429): [API Error: 429 Rate limit reached. Please try again in 20s.]"
+QWEN_500 = SERVER_HEAD + "[API Error: 500 Internal server error.]"
+QWEN_MAX = (
+    "the agent reached its turn limit: Reached max session turns for this session. "
+    "Increase the number of turns by specifying maxSessionTurns in settings.json."
 )
-QWEN_429 = (
-    f"{LIMIT_HEAD} (HTTP 429): "
-    "[API Error: 429 Rate limit reached for requests. Please try again in 20s.]"
+QWEN_NO_KEY = (
+    "authentication failed: Missing API key for OpenAI-compatible auth. Set "
+    "settings.security.auth.apiKey, or set the 'OPENAI_API_KEY' environment variable."
 )
-QWEN_500 = SERVER_HEAD + "[API Error: 500 Internal Server Error]"
+QWEN_NO_SESSION = (
+    "the session to resume was not found (qwen looks in its home, per directory): No saved "
+    f"session found with ID {QWEN}. Run `qwen --resume` without an ID to choose from existing "
+    "sessions."
+)
+_qwen: dict[str, Any] = {"session_id": QWEN, "turns": 1}
 QWEN_CASES = {
+    # input_tokens 5120 include the 4096 cached ones
     "success": Case(Outcome(True, ANSWER, QWEN, 1, 5120, 7), [T(ANSWER)]),
     "tool-call-writes-file": Case(
-        Outcome(True, "Created hello.py.", QWEN, 2, 10500, 46),
+        Outcome(True, CREATED, QWEN, 2, 10500, 49),
         [
+            T("I'll create hello.py."),
             U("write_file", f"{QWEN_WT}/hello.py"),
             F(f"{QWEN_WT}/hello.py", "write"),
-            T("Created hello.py."),
+            T(CREATED),
         ],
     ),
-    "401": failed(AUTH, QWEN_401, session_id=QWEN, turns=1),
-    "429": failed(LIMIT, QWEN_429, session_id=QWEN, turns=1),
-    "500": failed(SERVER, QWEN_500, session_id=QWEN, turns=1),
+    # --resume: the result's usage (150 / 10) counts the first run too; this run's is 50 / 3
+    "resumed": Case(Outcome(True, "It is still 4.", QWEN, 1, 50, 3), [T("It is still 4.")]),
+    "401": failed(AUTH, QWEN_401, **_qwen),
+    # after qwen's own 7 attempts (about 70 s; it ignores Retry-After)
+    "429": failed(LIMIT, QWEN_429, **_qwen),
+    "500": failed(SERVER, QWEN_500, **_qwen),
+    # --max-session-turns 1: exit 53; the read_file ran, the second model call did not
+    "max-turns": failed(
+        ErrorKind.MAX_TURNS,
+        QWEN_MAX,
+        [U("read_file", f"{QWEN_WT}/hello.py")],
+        session_id=QWEN,
+        tokens_in=12,
+        tokens_out=5,
+    ),
+    # OPENAI_API_KEY unset: an error_during_execution result, exit 1
+    "no-api-key": failed(AUTH, QWEN_NO_KEY, session_id=QWEN),
+    # --resume ID in a fresh home: exit 1, a plain line on stderr, nothing on stdout
+    "resume-unknown-session": failed(ErrorKind.CONFIG, QWEN_NO_SESSION),
+}
+# json mode: the messages in one array on stdout, a fatal error as a JSON document on stderr
+QWEN_JSON = {
+    **QWEN_CASES,
+    "max-turns": failed(ErrorKind.MAX_TURNS, QWEN_MAX),
 }
 
 # -- codex (captured from codex-cli 0.169.0, run by bosun's spec against the fake) --------
@@ -398,45 +431,70 @@ OPENCODE_CASES = {
     ),
 }
 
-# -- aider (text on stdout, analytics log on stderr; exits 0 on API errors) ---------------
+# -- aider (captured from aider 0.86.2 through bosun, see the fixtures' README) -----------
+# text on stdout, the analytics log on stderr; exit 0 on API errors. The session id is the
+# analytics user_id (the id of the run's home, where the chat history is kept).
 AIDER_401 = (
-    AUTH_HEAD + "litellm.AuthenticationError: AuthenticationError: OpenAIException - "
-    "Error code: 401 - Incorrect API key provided: sk-test."
+    "authentication failed: litellm.BadRequestError: OpenAIException - "
+    "Invalid API key: authentication failed."
 )
 AIDER_429 = (
     f"{LIMIT_HEAD}: litellm.RateLimitError: RateLimitError: OpenAIException - "
-    "Rate limit reached for requests. Please try again in 20s."
+    "Rate limit reached. Please try again in 30s."
 )
 AIDER_500 = (
-    SERVER_HEAD + "litellm.InternalServerError: InternalServerError: OpenAIException - "
-    "Error code: 500 - upstream failure"
+    "the model API failed with a server error: litellm.InternalServerError: "
+    "InternalServerError: OpenAIException - Internal server error."
 )
 AIDER_CASES = {
-    "success": Case(Outcome(True, ANSWER, tokens_in=1187, tokens_out=6, cost_usd=0.0018)),
-    "tool-call-writes-file": Case(
-        # No analytics log here: the rounded figures of the "Tokens:" line.
+    # the fake's model has no price: cost not reported
+    "success": Case(
         Outcome(
-            True,
-            'I\'ll create hello.py that prints hello.\nhello.py\nprint("hello")',
-            tokens_in=1300,
-            tokens_out=24,
-            cost_usd=0.002,
-        ),
-        [F("hello.py", "write")],
+            True, "Hello from the fake model.", "06c9fce2-02cd-49a5-8efb-fd2f32f307c8", 1, 679, 6
+        )
     ),
-    "401": Case(Outcome(False, error_kind=AUTH, error=AIDER_401), [E(AUTH, AIDER_401)]),
+    "tool-call-writes-file": Case(
+        # the whole-format file listing is not summary material
+        Outcome(True, "Creating hello.txt.", "575be0e0-556a-4c2c-bad1-b1acbce51439", 1, 678, 13),
+        [F("hello.txt", "write")],
+    ),
+    # a 401 from an OpenAI-compatible server reads as BadRequestError: known by its wording
+    "401": Case(
+        Outcome(
+            False,
+            session_id="f65c3789-03ee-415b-8d4c-e759f98f4b06",
+            error_kind=AUTH,
+            error=AIDER_401,
+        ),
+        [E(AUTH, AIDER_401)],
+    ),
     "429": Case(
-        # The analytics "exit" record (12:01:04) anchors "try again in 20s".
-        Outcome(False, error_kind=LIMIT, error=AIDER_429, resume_at=at(12, 1, 24)),
-        [E(LIMIT, AIDER_429, fatal=False)] * 9,
+        # aider's retry limit was 1 s here (three retries); the analytics "exit" record
+        # (16:24:43) anchors "try again in 30s"
+        Outcome(
+            False,
+            session_id="bbff32c8-700a-4936-9be8-8979abef68e3",
+            error_kind=LIMIT,
+            error=AIDER_429,
+            resume_at=datetime(2026, 11, 21, 16, 25, 13, tzinfo=UTC),
+        ),
+        [E(LIMIT, AIDER_429, fatal=False)] * 4,
     ),
     "429-then-success": Case(
-        Outcome(True, ANSWER, tokens_in=1187, tokens_out=6, cost_usd=0.0018),
+        Outcome(True, ANSWER, "277311bb-dea5-49c9-bb3c-8d61f09e01e8", 1, 599, 6),
         [E(LIMIT, AIDER_429, fatal=False)],
     ),
     "500": Case(
-        Outcome(False, error_kind=SERVER, error=AIDER_500), [E(SERVER, AIDER_500, fatal=False)] * 3
+        Outcome(
+            False,
+            session_id="9e8b0f6a-ec8b-48c1-9d8e-105cf205f3e2",
+            error_kind=SERVER,
+            error=AIDER_500,
+        ),
+        [E(SERVER, AIDER_500, fatal=False)] * 4,
     ),
+    # --restore-chat-history with a copy of the first run's home: the same user_id
+    "resumed": Case(Outcome(True, "It was 42.", "8b516fad-bdfb-4fbe-8e2a-fb27069077d9", 1, 703, 5)),
 }
 
 # -- ollama (bosun's own agent, python -m bosun.ollama_agent, captured against the fake) ---
@@ -477,7 +535,7 @@ EXPECTED: dict[str, dict[str, Case]] = {
     "claude-stream-json": CLAUDE_STREAM,
     "claude-json": CLAUDE_JSON,
     "qwen-stream-json": QWEN_CASES,
-    "qwen-json": QWEN_CASES,
+    "qwen-json": QWEN_JSON,
     "codex-jsonl": CODEX_CASES,
     "gemini-json": GEMINI_JSON,
     "gemini-stream-json": GEMINI_STREAM,

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from bosun.agents import cli_claude, cli_codex, cli_gemini, cli_ollama
+from bosun.agents import cli_aider, cli_claude, cli_codex, cli_gemini, cli_ollama, cli_opencode
 from bosun.agents.spec import DEFAULT_ENV_ALLOW, AgentSpec, PromptDelivery
 from bosun.errors import ConfigError
 
@@ -41,7 +41,15 @@ DEMO = AgentSpec(
 BUILTIN_AGENTS: Mapping[str, AgentSpec] = MappingProxyType(
     {
         spec.name: spec
-        for spec in (DEMO, cli_claude.SPEC, cli_codex.SPEC, cli_gemini.SPEC, cli_ollama.SPEC)
+        for spec in (
+            DEMO,
+            cli_claude.SPEC,
+            cli_codex.SPEC,
+            cli_gemini.SPEC,
+            cli_ollama.SPEC,
+            cli_opencode.SPEC,
+            cli_aider.SPEC,
+        )
     }
 )
 

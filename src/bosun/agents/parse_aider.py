@@ -14,6 +14,18 @@ either stream, so the agent spec can point the log at the run's stderr
 lines land whole in the captured stream) or append the file to the output after the run.
 An analytics ``time`` seen after a rate-limit error anchors a relative hint ("try again in
 20s").
+
+aider has no session id. The analytics records' ``user_id`` is reported as one: aider keeps
+it in ``~/.aider/analytics.json``, so it names the home the run used (a fresh UUID in each
+isolated home, the same in a resumed run that carries the home, where the chat history that
+``--restore-chat-history`` replays lives). A cost of 0 (a model without a known price) is
+read as "not reported".
+
+Checked against aider 0.86.2 (see ``tests/fixtures/agent-output/README.md``): error lines
+are on stdout and aider wraps them at 80 columns unless ``COLUMNS`` is wider; a 401 from an
+OpenAI-compatible server arrives as ``litellm.BadRequestError: OpenAIException - …`` (not
+``AuthenticationError``), recognised by its wording; the analytics log has no
+``message_send`` for a failed request.
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ __all__ = ["AiderParser"]
 
 _APPLIED = re.compile(r"^Applied edit to (.+?)\s*$")
 _TOKENS = re.compile(r"^Tokens: ")
+_PATH_LINE = re.compile(r"^\S+$")
 _COUNT = re.compile(r"([\d.]+)(k|M)? (sent|received)")
 _SESSION_COST = re.compile(r"\$([\d.]+) session")
 _LITELLM = re.compile(r"litellm\.(\w+):\s*(.*)")
@@ -69,7 +82,9 @@ _CHROME = re.compile(
     r"^(?:Aider v\d|Model: |Main model: |Weak model: |Editor model: |Git repo: |Repo-map: "
     r"|Added .+ to the chat|Cost: |Commit [0-9a-f]{7}|Use /help|https://aider\.chat"
     r"|Retrying in |Warning|Can't initialize prompt toolkit|Creating empty file "
-    r"|Scanning repo|Initial repo scan|Note: |[-─=]{3,}\s*$)"
+    r"|Scanning repo|Initial repo scan|Note: |Update git (?:name|email) with: "
+    r"|Analytics have been|Aider respects your privacy|For more info: "
+    r"|Restored previous conversation history|[-─=]{3,}\s*$)"
 )
 
 
@@ -86,6 +101,8 @@ class AiderParser(CliParser):
         self._log_in = self._log_out = 0
         self._log_cost: float | None = None
         self._logged = False
+        self._text_turns = self._log_turns = 0
+        self._fence = False  # inside a fenced block: file content, not summary material
 
     def parse_line(self, stream: Stream, line: str) -> list[AgentEvent] | None:
         """An analytics record, or one of aider's known text lines; else None."""
@@ -96,10 +113,20 @@ class AiderParser(CliParser):
         match = _APPLIED.match(line)
         if match:
             self._succeeded()
+            while self._tail and self._tail[-1].strip() == match.group(1):
+                self._tail.pop()  # aider echoes the path before applying the edit
             return [self.file_event(match.group(1), "write")]
         if _TOKENS.match(line):
             self._succeeded()
+            self._text_turns += 1
             self._usage_line(line)
+            return []
+        if line.lstrip().startswith("```"):
+            if not self._fence and self._tail and _PATH_LINE.match(self._tail[-1]):
+                self._tail.pop()  # the whole-format file listing's path line
+            self._fence = not self._fence
+            return []
+        if self._fence:
             return []
         match = _LITELLM.search(line)
         if match:
@@ -113,7 +140,7 @@ class AiderParser(CliParser):
                 if self._pending is None:
                     self._pending, self._pending_text = classify(line, kind=kind), line
                 return []
-        if _CHROME.match(line) or line.strip() == "```":
+        if _CHROME.match(line):
             return []
         return None
 
@@ -130,18 +157,21 @@ class AiderParser(CliParser):
                 self._text_out += value
         match = _SESSION_COST.search(line)
         if match:
-            self._text_cost = as_float(float(match.group(1)))
+            self._text_cost = as_float(float(match.group(1))) or None
 
     def _analytics(self, record: dict[str, Any]) -> list[AgentEvent]:
+        if self.session_id is None and isinstance(record.get("user_id"), str):
+            self.session_id = record["user_id"] or None
         props = obj(record.get("properties"))
         event = record["event"]
         if event == "message_send":
             self._logged = True
+            self._log_turns += 1
             self._succeeded()
             self._log_in += as_int(props.get("prompt_tokens"))
             self._log_out += as_int(props.get("completion_tokens"))
             cost = as_float(props.get("cost"))
-            if cost is not None:
+            if cost:  # 0: aider knows no price for the model
                 self._log_cost = round((self._log_cost or 0.0) + cost, 10)
         elif event == "message_send_exception" and isinstance(props.get("exception"), str):
             info = classify(props["exception"])
@@ -156,9 +186,11 @@ class AiderParser(CliParser):
         """Exact analytics figures when logged, else the text's; a pending error fails."""
         if self._logged:
             self.tokens_in, self.tokens_out, self.cost = self._log_in, self._log_out, self._log_cost
+            self.turns = self._log_turns
         else:
             self.tokens_in, self.tokens_out = self._text_in, self._text_out
             self.cost = self._text_cost
+            self.turns = self._text_turns or None
         info = self._pending
         if info is not None and self.error is None:
             if info.kind is ErrorKind.USAGE_LIMIT and info.resume_at is None:

@@ -2,11 +2,21 @@
 
 Every event has ``type``, ``timestamp`` (ms epoch) and ``sessionID`` (``ses_…``, for
 ``--session``): ``step_start`` (a model step begins), ``text{part.text}``,
-``tool_use{part.tool, part.state{status, input, error?}}``, ``step_finish{part.tokens,
-part.cost}`` once per step (summed here) and ``error{error{name, data{message, statusCode}}}``.
+``tool_use{part.tool, part.state{status, input, output | error}}``, ``step_finish{part.tokens,
+part.cost}`` once per step (summed here) and ``error{error{name, data{message, statusCode,
+isRetryable, responseHeaders, responseBody}}}``, after which opencode exits 1.
 
-``run`` answers permission requests itself; a refused call arrives as a ``tool_use`` with
-``state.status == "error"``, which counts as a permission denial. A relative reset hint in an
+Checked against opencode 1.18.33 (see ``tests/fixtures/agent-output/README.md``): an API
+error comes after opencode's own retries (five, honouring ``retry-after-ms`` /
+``retry-after``) and without a ``step_start`` before it; ``cost`` is 0 for a model whose
+price opencode does not know (any custom provider), which is read as "not reported".
+
+``run`` refuses permission requests itself: the refused call arrives as a ``tool_use`` with
+``state.status == "error"`` (a permission denial), a "permission requested: …;
+auto-rejecting" line goes to stderr, and the run ends there with exit code 0. With
+``OPENCODE_PRINT_LOGS`` stderr also carries opencode's log lines; each failed model request
+(``level=ERROR message="stream error" … error.error="…"``) becomes a non-fatal ``error``
+event, the only sign of opencode's retries while they happen. A relative reset hint in an
 error resolves against that event's own timestamp.
 """
 
@@ -17,6 +27,7 @@ from typing import Any
 
 from bosun.agents.parse_common import (
     CliParser,
+    as_float,
     as_int,
     epoch_ms,
     input_summary,
@@ -45,15 +56,20 @@ _REJECTED = re.compile(
     r"|not allowed|denied by"
 )
 _ERROR_KINDS = {"ProviderAuthError": ErrorKind.AUTH}
+#: A failed model request in opencode's log (logfmt; the error text is a quoted value).
+_STREAM_ERROR = re.compile(
+    r'level=ERROR .*?message="stream error" .*?error\.error="((?:[^"\\]|\\.)*)"'
+)
+_ERROR_CLASS = re.compile(r"^AI_\w+: ")
 
 
 class OpencodeParser(CliParser):
     """``opencode-jsonl``."""
 
     def parse_line(self, stream: Stream, line: str) -> list[AgentEvent] | None:
-        """One opencode event (stdout); stderr is plain log text."""
+        """One opencode event (stdout); on stderr, a failed request in its log."""
         if stream != "stdout":
-            return None
+            return self._log_line(line)
         event = json_value(line)
         if not isinstance(event, dict):
             return None
@@ -73,6 +89,14 @@ class OpencodeParser(CliParser):
         elif kind == "error":
             return [self._error(event)]
         return []
+
+    def _log_line(self, line: str) -> list[AgentEvent] | None:
+        match = _STREAM_ERROR.search(line) if "stream error" in line else None
+        if match is None:
+            return None
+        text = _ERROR_CLASS.sub("", match.group(1).replace('\\"', '"'))
+        # Not decisive: opencode may retry and succeed; the ``error`` event decides.
+        return [error_event(classify(text), fatal=False)]
 
     def _tool_use(self, tool: str, state: Any) -> list[AgentEvent]:
         state = obj(state)
@@ -100,7 +124,9 @@ class OpencodeParser(CliParser):
                 as_int(tokens.get("input")) + as_int(cache.get("read")) + as_int(cache.get("write"))
             )
             self.tokens_out += as_int(tokens.get("output")) + as_int(tokens.get("reasoning"))
-        self.add_cost(part.get("cost"))
+        cost = part.get("cost")
+        if as_float(cost):  # 0 means opencode knows no price for the model
+            self.add_cost(cost)
 
     def _error(self, event: dict[str, Any]) -> AgentEvent:
         error = obj(event.get("error"))
@@ -115,9 +141,11 @@ class OpencodeParser(CliParser):
             "",
         )
         detail = f"{name}: {message}" if name and message else (name or message or "opencode error")
-        headers = data.get("responseHeaders")
-        if isinstance(headers, dict) and headers.get("retry-after") is not None:
+        headers = obj(data.get("responseHeaders"))
+        if text_of(headers.get("retry-after")):
             detail += f" (retry-after: {headers['retry-after']})"
+        elif text_of(headers.get("retry-after-ms")):
+            detail += f" (retry-after: {headers['retry-after-ms']} ms)"
         status = as_int(data.get("statusCode")) or None
         kind = _ERROR_KINDS.get(name)
         return self.fail(
