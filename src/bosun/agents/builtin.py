@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from bosun.agents import cli_aider, cli_claude, cli_codex, cli_gemini, cli_ollama, cli_opencode
+from bosun.agents import (
+    cli_aider,
+    cli_claude,
+    cli_codex,
+    cli_gemini,
+    cli_ollama,
+    cli_opencode,
+    cli_qwen,
+)
 from bosun.agents.spec import DEFAULT_ENV_ALLOW, AgentSpec, PromptDelivery
 from bosun.errors import ConfigError
 
@@ -49,6 +57,7 @@ BUILTIN_AGENTS: Mapping[str, AgentSpec] = MappingProxyType(
             cli_ollama.SPEC,
             cli_opencode.SPEC,
             cli_aider.SPEC,
+            cli_qwen.SPEC,
         )
     }
 )
