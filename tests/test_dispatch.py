@@ -457,5 +457,7 @@ async def test_a_missing_agent_program_fails_once_and_marks_the_agent_unhealthy(
         kinds = [e.kind for e in await svc.events(first.id)]
         assert (await svc.get(second.id)).status is TaskStatus.QUEUED
     assert failed.error_kind is ErrorKind.CONFIG and failed.attempt == 1
-    assert failed.error is not None and "not installed on host local" in failed.error
+    assert failed.error is not None
+    assert failed.error.startswith("agent ghost on host local: ")
+    assert "no-such-agent-cli-xyz is not installed" in failed.error
     assert "agent.unhealthy" in kinds

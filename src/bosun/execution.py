@@ -24,7 +24,7 @@ from bosun.agents.reset_time import parse_reset_time
 from bosun.config import Settings
 from bosun.errors import BosunError, ConfigError, InputError, LeaseLost, NotFound
 from bosun.models import ErrorKind, NewEvent, Outcome, Run, RunStatus, Task, TaskStatus
-from bosun.preflight import locate, program_of
+from bosun.preflight import check_agent
 from bosun.prompt import build_prompt
 from bosun.providers.base import Provider, RunHandle
 from bosun.store.base import Store
@@ -159,19 +159,27 @@ class Attempt:
         await self._follow_and_finish(run, handle, wt)
 
     async def _preflight(self) -> bool:
-        """Before an agent's first use on a host: is its program there at all?"""
+        """Before an agent's first use on a host (once per dispatcher): the checks of
+        ``bosun doctor``. A missing program or missing credentials fail this attempt with
+        the fix and take the agent off the host; the version is recorded."""
         key = (self.host, self.task.agent)
         if key in self.ctx.checked:
             return True
-        program = program_of(self.spec)
-        if await locate(self.provider, program) is None:
-            reason = f"{program} is not installed on host {self.host}"
+        check = await check_agent(self.provider, self.host, self.spec, self.ctx.environ)
+        await self.ctx.store.append_event(
+            NewEvent("agent.preflight", check.to_json(), task_id=self.task.id)
+        )
+        # Only a missing program stops here: without credentials the CLI fails at once
+        # with an auth error, which names host and agent too (and `doctor` reports it).
+        if not check.installed:
+            reason = "; ".join(check.problems)
             await self.ctx.mark_unhealthy(self.host, self.task.agent, reason, self.task.id)
+            fix = check.fixes[0] if check.fixes else "see `bosun doctor`"
             await self._fail_before_launch(
                 ErrorKind.CONFIG,
                 ConfigError(
-                    f"agent {self.task.agent}: {reason}",
-                    f"install it there (see `bosun doctor`), then `bosun retry {self.task.id}`",
+                    f"agent {self.task.agent} on host {self.host}: {reason}",
+                    f"{fix}; then restart bosun and `bosun retry {self.task.id}`",
                 ),
             )
             return False

@@ -19,6 +19,8 @@ from bosun.providers.base import Provider
 
 #: Environment variables that carry credentials, by the shape of their names.
 _SECRET_SUFFIXES = ("_API_KEY", "_AUTH_TOKEN", "_ACCESS_TOKEN")
+#: Credentials an agent can do without (a local Ollama needs no key).
+_OPTIONAL = frozenset({"OLLAMA_API_KEY"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +62,7 @@ def program_of(spec: AgentSpec) -> str:
 def credential_vars(spec: AgentSpec) -> tuple[str, ...]:
     """The credential variables an agent may receive (from its allowlist)."""
     extra = [p for p in spec.env_allow if p not in DEFAULT_ENV_ALLOW]
-    return tuple(p for p in extra if p.endswith(_SECRET_SUFFIXES))
+    return tuple(p for p in extra if p.endswith(_SECRET_SUFFIXES) and p not in _OPTIONAL)
 
 
 async def locate(provider: Provider, program: str) -> str | None:
