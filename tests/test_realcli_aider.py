@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,6 @@ from bosun.agents.cli_aider import SPEC
 from bosun.agents.spec import AgentSpec
 from bosun.config import Settings
 from bosun.models import ErrorKind, RunStatus, TaskSpec, TaskStatus
-from bosun.providers.local import LocalProvider
 from tests.agent_clis import require_cli
 from tests.conftest import SettingsFactory, git
 from tests.fakes import (
@@ -25,7 +22,7 @@ from tests.fakes import (
     rate_limited,
     server_error,
 )
-from tests.realcli import Finished, need, run_task
+from tests.realcli import Finished, need, resume_in_place, run_task
 
 pytestmark = [pytest.mark.realcli, pytest.mark.usefixtures("cli_path")]
 
@@ -145,32 +142,16 @@ async def test_resume_carries_the_first_conversation(
     session = first.task.session_id
     assert session
     ref = first.runs[0].ref
-    # As bosun does for a rework run: the previous run's home (aider's chat history is in
-    # it) and a git checkout at the same path (aider wants a git repo).
-    provider = LocalProvider("local", str(aider.state_dir))
-    run_dir = await provider.run_dir("resume-check")
-    shutil.copytree(Path(ref["run_dir"]) / "home", Path(run_dir) / "home")
+    # resume_in_place copies the previous run's home (aider's chat history is in it);
+    # the same path holds a git checkout (aider wants a git repo), as for a rework run.
     assert not Path(ref["workdir"]).exists()  # bosun removed the finished task's worktree
     git(tmp_path, "clone", "-q", str(origin), str(ref["workdir"]))
-    spec = aider.agents["aider"]
-    command = spec.build(
-        prompt="What was the number?",
-        workdir=str(ref["workdir"]),
-        run_dir=run_dir,
-        session_id=session,
-        environ=os.environ,
-    )
-    assert command.argv[-1] == "--restore-chat-history"
     fake.push(Text("It was 42."))
-    handle = await provider.launch(command, run_dir)
-    for _ in range(3000):
-        if await handle.exit_code() is not None:
-            break
-        await asyncio.sleep(0.02)
-    await provider.aclose()
-    assert await handle.exit_code() == 0
-    resumed = str(fake.model_requests[-1].body)
-    assert "First answer: 42." in resumed and "What was the number?" in resumed
+    resumed = await resume_in_place(aider, "aider", first, "What was the number?")
+    assert resumed.command.argv[-1] == "--restore-chat-history"
+    assert resumed.exit_code == 0
+    sent = str(fake.model_requests[-1].body)
+    assert "First answer: 42." in sent and "What was the number?" in sent
     # the same home, so the same analytics user_id: the resumed run reports the same id
-    assert session in (Path(run_dir) / "stderr").read_text()
-    assert "Restored previous conversation history." in (Path(run_dir) / "stdout").read_text()
+    assert session in resumed.stderr
+    assert "Restored previous conversation history." in resumed.stdout

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from bosun.providers.local import LocalProvider
 from bosun.workspace import Workspace
 from tests.conftest import SettingsFactory, git
 from tests.fakes import FakeModelServer, Hang, HttpError, Text, ToolCall, auth_error, rate_limited
-from tests.realcli import Finished, need, run_task
+from tests.realcli import Finished, need, resume_in_place, run_task
 
 pytestmark = [pytest.mark.realcli, pytest.mark.usefixtures("cli_path")]
 
@@ -137,30 +135,14 @@ async def test_resume_carries_the_first_conversation(
     session = first.task.session_id
     assert session
     ref = first.runs[0].ref
-    # As bosun does for a rework run: the previous run's home (opencode's session database
-    # is in it) and a git checkout at the same path.
-    provider = LocalProvider("local", str(opencode.state_dir))
-    run_dir = await provider.run_dir("resume-check")
-    shutil.copytree(Path(ref["run_dir"]) / "home", Path(run_dir) / "home")
+    # resume_in_place copies the previous run's home (opencode's session database is in it);
+    # the same path holds a git checkout, as for a rework run.
     assert not Path(ref["workdir"]).exists()  # bosun removed the finished task's worktree
     git(tmp_path, "clone", "-q", str(origin), str(ref["workdir"]))
-    spec = opencode.agents["opencode"]
-    command = spec.build(
-        prompt="What was the number?",
-        workdir=str(ref["workdir"]),
-        run_dir=run_dir,
-        session_id=session,
-        environ=os.environ,
-    )
-    assert command.argv[-2:] == ("--session", session)
     fake.push(Text("It was 42."))
-    handle = await provider.launch(command, run_dir)
-    for _ in range(3000):
-        if await handle.exit_code() is not None:
-            break
-        await asyncio.sleep(0.02)
-    await provider.aclose()
-    assert await handle.exit_code() == 0
-    resumed = str(fake.model_requests[-1].body)
-    assert "First answer: 42." in resumed and "What was the number?" in resumed
-    assert f'"sessionID":"{session}"' in (Path(run_dir) / "stdout").read_text()
+    resumed = await resume_in_place(opencode, "opencode", first, "What was the number?")
+    assert resumed.command.argv[-2:] == ("--session", session)
+    assert resumed.exit_code == 0
+    sent = str(fake.model_requests[-1].body)
+    assert "First answer: 42." in sent and "What was the number?" in sent
+    assert f'"sessionID":"{session}"' in resumed.stdout
