@@ -254,7 +254,15 @@ def test_several_problems_are_reported_together(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message", "hint"),
     [
-        ('[hosts.a]\nkind = "ssh"\n', "[hosts.a] kind: Input should be 'local'", "SSH"),
+        ('[hosts.a]\nkind = "vm"\n', "[hosts.a] kind: Input should be 'local' or 'ssh'", "ssh"),
+        ('[hosts.a]\nkind = "ssh"\n', 'kind = "ssh" needs an address', "rule"),
+        ('[hosts.a]\naddress = "x"\n', 'address is only for kind = "ssh"', "rule"),
+        (
+            '[hosts.a]\nkind = "ssh"\naddress = "h"\nremote_forwards = ["80"]\n',
+            "is not REMOTE_PORT:LOCAL_HOST:LOCAL_PORT",
+            "rule",
+        ),
+        ("[server]\nport = 70000\n", "[server] port: Input should be less than", ""),
         ("[limits]\nheartbeat_seconds = 30\n", "must be smaller than lease_seconds", "rule"),
         ("[limits]\nretry_backoff_max = 1\n", "retry_backoff_max (1) is below", "rule"),
         ("[limits]\nper_agent = { ghost = 1 }\n", "per_agent: unknown agent 'ghost'", "demo"),

@@ -14,7 +14,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +39,7 @@ __all__ = [
     "HostConfig",
     "LimitsConfig",
     "RepoConfig",
+    "ServerConfig",
     "Settings",
     "find_config",
     "init_config_text",
@@ -94,14 +95,57 @@ class AgentConfig(_Table):
 
 
 class HostConfig(_Table):
-    """``[hosts.NAME]``: a machine that runs agents."""
+    """``[hosts.NAME]``: a machine that runs agents (this one, or one reached over SSH)."""
 
-    kind: Literal["local"] = "local"
+    kind: Literal["local", "ssh"] = "local"
     max_concurrent: PositiveInt = 4
     agents: list[str] = Field(default_factory=list)  # empty: every agent
     labels: list[str] = Field(default_factory=list)
     priority: int = 0
     enabled: bool = True
+    # --- kind = "ssh" only ---
+    # "[user@]host[:port]" or a Host alias of the user's ~/.ssh/config.
+    address: str | None = None
+    # Strict host-key checking; false is the explicit, per-host opt-out.
+    strict_host_keys: bool = True
+    known_hosts: str | None = None  # extra known_hosts file (default: ~/.ssh/known_hosts)
+    identity_file: str | None = None  # default: ssh config, ssh-agent, ~/.ssh/id_*
+    ssh_config: str | None = None  # default: ~/.ssh/config when it exists
+    work_dir: str = ".bosun"  # repo caches, worktrees and run dirs; relative to remote $HOME
+    max_channels: PositiveInt = 8  # concurrent SSH channels; keep under sshd's MaxSessions
+    keepalive_interval: PositiveFloat = 5.0  # seconds between keepalives
+    keepalive_count_max: PositiveInt = 3  # missed keepalives before the link counts as dead
+    connect_timeout: PositiveFloat = 10.0
+    wake_command: list[str] = Field(default_factory=list)  # argv run here before connecting
+    # Remote port forwards "REMOTE_PORT:LOCAL_HOST:LOCAL_PORT" (as ssh -R): agents on the
+    # host reach LOCAL_HOST:LOCAL_PORT (as seen from bosun) at 127.0.0.1:REMOTE_PORT.
+    remote_forwards: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> HostConfig:
+        if self.kind == "ssh" and not (self.address or "").strip():
+            raise ValueError(
+                'kind = "ssh" needs an address: address = "user@host:22" or an ssh config alias'
+            )
+        if self.kind == "local" and self.address is not None:
+            raise ValueError('address is only for kind = "ssh" hosts')
+        for spec in self.remote_forwards:
+            parts = spec.rsplit(":", 2)
+            if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit():
+                raise ValueError(
+                    f"remote_forwards entry {spec!r} is not REMOTE_PORT:LOCAL_HOST:LOCAL_PORT "
+                    '(e.g. "11434:127.0.0.1:11434")'
+                )
+        return self
+
+
+class ServerConfig(_Table):
+    """``[server]``: the HTTP API that ``bosun serve`` runs next to the dispatcher."""
+
+    bind: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    public_url: str | None = None  # base URL used in links (pull requests, notifications)
+    pull_lease_seconds: PositiveFloat = 120.0  # a pull agent must report within this
 
 
 class LimitsConfig(_Table):
@@ -141,6 +185,7 @@ class _File(_Table):
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     hosts: dict[str, HostConfig] | None = None
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +200,7 @@ class Settings:
     agents: dict[str, AgentSpec]
     hosts: dict[str, HostConfig]
     limits: LimitsConfig
+    server: ServerConfig = field(default_factory=ServerConfig)
 
     def run_timeout(self, agent: str) -> float:
         """Wall-clock limit of one run of ``agent`` (its own, else ``[limits]``)."""
@@ -263,6 +309,7 @@ def settings_from_data(data: Mapping[str, Any], config_path: str | Path) -> Sett
         agents=agents,
         hosts=hosts,
         limits=raw.limits,
+        server=raw.server,
     )
 
 
@@ -294,7 +341,11 @@ def _database_url(url: str | None, config_dir: Path, state_dir: Path) -> str:
 
 
 # -- error messages --------------------------------------------------------------------
-_SECTION_MODELS: dict[str, type[BaseModel]] = {"database": DatabaseConfig, "limits": LimitsConfig}
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "database": DatabaseConfig,
+    "limits": LimitsConfig,
+    "server": ServerConfig,
+}
 _NAMED_MODELS: dict[str, type[BaseModel]] = {
     "repos": RepoConfig,
     "agents": AgentConfig,
@@ -339,7 +390,7 @@ def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
     if kind == "literal_error" and rest == ("kind",) and model is HostConfig:
         return (
             f"{where}: {message}",
-            'only kind = "local" hosts are supported so far; SSH hosts come later',
+            'use kind = "local" (this machine) or kind = "ssh" (with address = "user@host")',
         )
     if kind == "literal_error":
         return f"{where}: {message}", "use one of the values listed"
@@ -424,12 +475,32 @@ parser = "raw"                  # "raw" (any program) or "jsonl" (one JSON objec
 # --- hosts --------------------------------------------------------------------------
 # Machines that run agents. Without any [hosts] table there is one local host.
 [hosts.local]
-kind = "local"                  # only "local" for now
+kind = "local"                  # "local" (this machine) or "ssh"
 max_concurrent = 4              # runs at the same time on this host
 agents = []                     # agents this host may run; empty means every agent
 labels = []
 priority = 0                    # higher is preferred when several hosts fit
 enabled = true
+#
+# [hosts.gpu1]
+# kind = "ssh"
+# address = "dev@gpu1.example:22" # [user@]host[:port], or a Host alias of ~/.ssh/config
+# strict_host_keys = true       # unknown keys are refused: `bosun hosts trust gpu1`
+# identity_file = "~/.ssh/id_ed25519"  # default: ssh config, ssh-agent, ~/.ssh/id_*
+# work_dir = ".bosun"           # on the host, relative to its $HOME
+# max_channels = 8              # SSH channels at once; keep under sshd's MaxSessions
+# keepalive_interval = 5.0      # a dead link is noticed after interval x count_max
+# keepalive_count_max = 3
+# wake_command = ["virsh", "start", "gpu1"]  # run here before connecting (optional)
+# remote_forwards = ["11434:127.0.0.1:11434"]  # REMOTE_PORT:LOCAL_HOST:LOCAL_PORT
+
+# --- server -------------------------------------------------------------------------
+# `bosun serve` runs the HTTP API next to the dispatcher.
+[server]
+bind = "127.0.0.1"
+port = 8765
+# public_url = "https://bosun.example"  # base of links in pull requests
+pull_lease_seconds = 120.0      # a pull agent must report progress within this
 
 # --- limits -------------------------------------------------------------------------
 [limits]

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: The newest revision in MIGRATIONS_DIR (a test keeps the two in step). A database already
 #: there is opened without importing alembic, which saves a CLI call a quarter second.
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 BUSY_TIMEOUT_MS = 10_000
 _URL_HINT = (
     "use a URL like sqlite:///path/to/bosun.db (in bosun.toml, a relative path is relative "

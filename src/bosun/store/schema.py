@@ -171,4 +171,39 @@ events = sa.Table(
 # events_since(task_id=...): one task's events in cursor order.
 sa.Index("ix_events_task_id_id", events.c.task_id, events.c.id)
 
-__all__ = ["UTCDateTime", "events", "metadata", "runs", "tasks"]
+# API tokens: only a SHA-256 of the secret is stored (tokens are 256-bit random, so a
+# plain hash is enough); ``prefix`` is the first characters, to tell tokens apart in lists.
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # "admin" | "agent"
+    sa.Column("agent", sa.String(128), nullable=True),  # pull-agent identity (kind agent)
+    sa.Column("capabilities", sa.JSON, nullable=False),  # agent names it may run
+    sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_used_at", UTCDateTime, nullable=True),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sqlite_autoincrement=True,
+)
+
+# Hosts added with `bosun hosts add` (those of bosun.toml are not copied here) and the
+# state of every host: drained or not, detected capabilities, last health check.
+hosts = sa.Table(
+    "hosts",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("source", sa.String(16), nullable=False),  # "config" | "cli" | "api"
+    sa.Column("config", sa.JSON, nullable=False),  # HostConfig fields (source cli/api)
+    sa.Column("drained", sa.Boolean, nullable=False),
+    sa.Column("capabilities", sa.JSON, nullable=False),  # detected: agents, os, cpus, ...
+    sa.Column("health", sa.String(16), nullable=False),  # "unknown" | "healthy" | "unhealthy"
+    sa.Column("health_error", sa.Text, nullable=True),
+    sa.Column("checked_at", UTCDateTime, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+__all__ = ["UTCDateTime", "events", "hosts", "metadata", "runs", "tasks", "tokens"]
