@@ -23,7 +23,7 @@ from bosun.models import ExecutionMode, TaskStatus
 from bosun.store import SqlStore, Store, open_store
 from bosun.store.connect import HEAD_REVISION, alembic_config
 from bosun.store.schema import metadata
-from bosun.store.sql import WRITE_OPTION
+from bosun.store.sql_base import WRITE_OPTION
 from tests.store_contract import StoreContract, add, utcnow
 
 

@@ -28,7 +28,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bosun.errors import StoreError
-from bosun.store.sql import SINGLE_READ_OPTION, WRITE_OPTION, SqlStore
+from bosun.store.sql import SqlStore
+from bosun.store.sql_base import SINGLE_READ_OPTION, WRITE_OPTION
 
 if TYPE_CHECKING:
     from alembic.config import Config

@@ -13,20 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import CursorResult, RowMapping
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable, Select
 
 from bosun import lifecycle, scopes
-from bosun.errors import InputError, LeaseLost, NotFound, StoreError
+from bosun.errors import InputError, LeaseLost
 from bosun.models import (
     Event,
     ExecutionMode,
@@ -38,7 +34,6 @@ from bosun.models import (
     TaskStatus,
 )
 from bosun.store.base import Chooser, TaskFilter
-from bosun.store.dialects import ops_for
 from bosun.store.rows import (
     aware,
     event_from_row,
@@ -51,129 +46,34 @@ from bosun.store.rows import (
     task_values,
 )
 from bosun.store.schema import events, runs, tasks
-
-#: Execution option that makes the SQLite "begin" hook emit BEGIN IMMEDIATE.
-WRITE_OPTION = "bosun_write"
-#: Execution option for a read of one statement: no BEGIN needed on SQLite.
-SINGLE_READ_OPTION = "bosun_single_read"
+from bosun.store.sql_base import (
+    SqlBase,
+)
+from bosun.store.sql_base import (
+    Tx as _Tx,
+)
+from bosun.store.sql_base import (
+    first as _first,
+)
+from bosun.store.sql_base import (
+    not_found as _not_found,
+)
+from bosun.store.sql_base import (
+    positive as _positive,
+)
+from bosun.store.sql_base import (
+    shielded as _shielded,
+)
+from bosun.store.sql_base import (
+    utcnow as _utcnow,
+)
 
 _RUNNABLE = tuple(sorted(s.value for s in lifecycle.RUNNABLE))
 _RUNNING = TaskStatus.RUNNING.value
 
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _shielded(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Run a write to its end (commit or rollback) even when its caller is cancelled.
-
-    A transaction abandoned half-way by a cancelled task would leave SQLite's write lock
-    on a pooled connection, and every later write would fail with "database is locked".
-    The caller still sees the cancellation at once; the write finishes in the background.
-    """
-
-    @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        inner = asyncio.ensure_future(method(*args, **kwargs))
-        inner.add_done_callback(_retrieve)
-        return await asyncio.shield(inner)
-
-    return wrapper
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    # The caller may be gone (cancelled); consume the outcome so nothing is logged as lost.
-    if not task.cancelled():
-        task.exception()
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _not_found(what: str, ident: int) -> NotFound:
-    hint = "list tasks with `bosun ls`" if what == "task" else f"check the {what} id"
-    return NotFound(f"{what} {ident} does not exist", hint)
-
-
-def _positive(value: int, name: str) -> int:
-    if value < 1:
-        raise InputError(f"{name} must be at least 1, got {value}")
-    return value
-
-
-@dataclass
-class _Tx:
-    """One write transaction; remembers whether it changed anything (to wake waiters)."""
-
-    conn: AsyncConnection
-    wrote: bool = False
-    work: bool = False
-
-    async def write(self, stmt: Executable, params: Any = None) -> CursorResult[Any]:
-        self.wrote = True
-        return await self.conn.execute(stmt, params)
-
-    def new_work(self) -> None:
-        """Mark this transaction as one that may make a task claimable."""
-        self.work = True
-
-
-class SqlStore:
+class SqlStore(SqlBase):
     """The ``Store`` protocol on a SQLAlchemy async engine. Open it with ``open_store``."""
-
-    def __init__(self, engine: AsyncEngine, *, poll_interval: float = 0.25) -> None:
-        self._engine = engine
-        self._poll_interval = poll_interval
-        self._changed = asyncio.Event()
-        self._work = asyncio.Event()
-        self._seen_event_id = 0  # the newest event id this process has polled
-        self._ops = ops_for(engine.dialect.name)
-
-    @property
-    def engine(self) -> AsyncEngine:
-        """The underlying engine (for diagnostics and tests; not for writing)."""
-        return self._engine
-
-    async def aclose(self) -> None:
-        """Close every pooled connection."""
-        await self._engine.dispose()
-
-    # -- transactions --------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def _read(self, *, single: bool = True) -> AsyncIterator[AsyncConnection]:
-        """A read transaction; ``single=False`` when it runs more than one statement."""
-        try:
-            async with self._engine.connect() as conn:
-                if single:
-                    await conn.execution_options(**{SINGLE_READ_OPTION: True})
-                async with conn.begin():
-                    yield conn
-        except DBAPIError as exc:
-            raise _store_error(exc, "read") from exc
-
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[_Tx]:
-        async with self._ops.writer_slot():
-            try:
-                async with self._engine.connect() as conn:
-                    await conn.execution_options(**{WRITE_OPTION: True})
-                    async with conn.begin():
-                        tx = _Tx(conn)
-                        yield tx
-            except DBAPIError as exc:
-                raise _store_error(exc, "write") from exc
-        if tx.wrote:
-            self._poke()
-        if tx.work:
-            fired, self._work = self._work, asyncio.Event()
-            fired.set()
-
-    def _poke(self) -> None:
-        """Wake every ``wait_for_change`` of this process (a fresh Event per generation)."""
-        fired, self._changed = self._changed, asyncio.Event()
-        fired.set()
 
     # -- tasks ---------------------------------------------------------------------------
     @_shielded
@@ -625,10 +525,6 @@ class SqlStore:
             await self._add_events(tx, [NewEvent("task.status", data, task_id=task.id)], now)
 
 
-async def _first(conn: AsyncConnection, stmt: Executable) -> RowMapping | None:
-    return (await conn.execute(stmt)).mappings().first()
-
-
 def _runnable_statement() -> Select[Any]:
     """Built once: constructing this union costs milliseconds; binding it costs nothing."""
     now = sa.bindparam("now", type_=tasks.c.not_before.type)
@@ -693,15 +589,3 @@ def _check_owner(task: Task, owner: str | None) -> None:
             f"task {task.id}: lease is held by {holder}, not {owner}",
             "another dispatcher took this task over; stop working on it",
         )
-
-
-def _store_error(exc: DBAPIError, action: str) -> StoreError:
-    detail = str(exc.orig) if exc.orig is not None else str(exc)
-    if "locked" in detail or "busy" in detail:
-        hint = (
-            "another program held the database's write lock too long; "
-            "retry, and check for a stuck process using the same database file"
-        )
-    else:
-        hint = "check that the database file is readable and writable and the disk is not full"
-    return StoreError(f"database {action} failed: {detail}", hint)
