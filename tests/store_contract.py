@@ -323,6 +323,10 @@ class StoreContract:
             "lease_owner": "me",
             "lease_expires_at": when + timedelta(seconds=1),
             "last_activity_at": when - timedelta(days=1),
+            "pr_number": 12,
+            "pr_url": "https://forge.example/team/app/pulls/12",
+            "pr_head_sha": "c" * 40,
+            "review_feedback": "Rename foo.",
         }
         assert set(values) == TASK_FIELDS
         updated = await store.update_task(task.id, **values)

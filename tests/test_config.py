@@ -220,8 +220,8 @@ def test_unknown_key_lists_valid_keys_and_suggests(tmp_path: Path) -> None:
     err = error_of(tmp_path, '[repos.demo]\nurl = "x"\ndefualt_branch = "m"\n')
     assert err.message.endswith("[repos.demo]: unknown key 'defualt_branch'")
     assert err.hint == (
-        "remove it or use one of: url, default_branch, copy_files, setup, push"
-        " (did you mean default_branch?)"
+        "remove it or use one of: url, default_branch, copy_files, setup, push, transport,"
+        " forge (did you mean default_branch?)"
     )
     err = error_of(tmp_path, "[limit]\nmax_concurrent = 2\n")
     assert "top level: unknown key 'limit'" in err.message

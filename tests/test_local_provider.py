@@ -7,7 +7,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from bosun.errors import ProviderError
 from bosun.providers import local
 from bosun.providers.base import Command, OutputChunk, Provider, RunHandle
 from bosun.providers.local import LocalProvider, LocalRun
+from tests.provider_contract import ProviderContract
 
 PATH_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 
@@ -400,3 +401,17 @@ async def test_exec_redacts_url_credentials(provider: LocalProvider) -> None:
             ["sh", "-c", "sleep 5", "https://user:tok3n@example.invalid/x"], timeout=0.1
         )
     assert "tok3n" not in str(info.value)
+
+
+class TestLocalProviderContract(ProviderContract):
+    """The provider contract (tests/provider_contract.py) that the SSH provider shares."""
+
+    @pytest.fixture
+    def fresh_provider(self, tmp_path: Path) -> Callable[[], LocalProvider]:
+        return lambda: LocalProvider("local", str(tmp_path / "state"))
+
+    @pytest.fixture
+    def workdir(self, tmp_path: Path) -> Path:
+        path = tmp_path / "work"
+        path.mkdir()
+        return path

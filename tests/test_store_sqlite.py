@@ -218,7 +218,7 @@ async def test_runnable_is_an_index_range_scan(store: SqlStore) -> None:
     ("url", "message"),
     [
         ("not a url", "cannot parse"),
-        ("postgresql://bosun:s3cret@db.example/bosun", "not supported"),
+        ("postgresql+psycopg2://bosun:s3cret@db.example/bosun", "not supported"),
         ("mysql://localhost/bosun", "not supported"),
         ("sqlite+pysqlite:///x.db", "driver"),
         ("sqlite://", "in-memory"),

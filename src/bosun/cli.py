@@ -3,6 +3,12 @@
 Every read command takes ``--json`` and then prints machine-readable output only. Errors
 print ``error: ...`` and ``fix: ...`` on stderr and exit with 2 (bad input or config),
 3 (not found) or 1 (anything else).
+
+The task commands (submit, ls, show, logs, cancel, retry, agents; hosts and attach in
+their own modules) work on a ``Backend`` (``open_backend``): the store and bosun.toml here,
+or a bosun server when ``--server URL`` (or ``BOSUN_SERVER``) is given, with ``--token``
+(or ``BOSUN_TOKEN``). Their output is the same either way. ``run``, ``serve``, ``demo``,
+``init``, ``doctor`` and ``token`` work here only (``LOCAL_ONLY``, ``require_local``).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -21,12 +28,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bosun.agents import BUILTIN_AGENTS, AgentSpec
+from bosun.agents import BUILTIN_AGENTS
+from bosun.backend import Backend
+from bosun.cli_agent import agent_command
+from bosun.cli_attach import attach
+from bosun.cli_hosts import hosts_app
+from bosun.cli_tokens import token_app
 from bosun.config import Settings, load_settings, write_init
 from bosun.errors import BosunError, ConfigError, InputError, InvalidTransition, NotFound
 from bosun.models import Event, Task, TaskSpec, TaskStatus
-from bosun.service import Service, dispatch_mode, make_providers
+from bosun.service import Service, agent_json, agent_rows, dispatch_mode, make_providers
 from bosun.store.base import TaskFilter
+
+__all__ = ["Remote", "agent_json", "app", "main", "open_backend", "remote", "require_local"]
 
 T = TypeVar("T")
 
@@ -69,6 +83,8 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(fn())  # type: ignore[arg-type]
     except BosunError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 def _settings(config: Path | None) -> Settings:
@@ -116,6 +132,129 @@ def task_table(tasks: list[Task], *, title: str | None = None) -> Table:
     return table
 
 
+# -- local or remote ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """The bosun server this invocation talks to (from ``--server`` / ``BOSUN_SERVER``)."""
+
+    url: str
+    token: str | None = field(repr=False)  # a secret: never in a repr, a message or a log
+    source: str = "--server"  # how it was chosen, for messages: "--server" or "BOSUN_SERVER"
+
+
+#: Set by the global options of each invocation (the callback runs before any command).
+_chosen: Remote | None = None
+#: Commands that act on this machine only: they refuse to run with --server.
+LOCAL_ONLY = {
+    "run": "dispatches agents on this machine",
+    "serve": "runs the dispatcher and the API server on this machine",
+    "demo": "builds a throwaway repository on this machine",
+    "init": "writes a bosun.toml on this machine",
+    "doctor": "checks the agent CLIs of the hosts in the local bosun.toml",
+    "token": "manages the API tokens in the store on this machine",
+}
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            envvar="BOSUN_SERVER",
+            metavar="URL",
+            help="Talk to the bosun server at URL (e.g. http://host:8765) instead of the "
+            "store and bosun.toml here.",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="BOSUN_TOKEN",
+            metavar="TOKEN",
+            help="API token for --server (`bosun token create --admin` on the server); "
+            "prefer the BOSUN_TOKEN variable: options are visible in `ps`.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    global _chosen  # one invocation, one choice
+    _chosen = None
+    if server is None or not server.strip():
+        return
+    source = ctx.get_parameter_source("server")
+    from_flag = source is not None and source.name == "COMMANDLINE"
+    _chosen = Remote(
+        url=server.strip(),
+        token=token,
+        source="--server" if from_flag else "BOSUN_SERVER",
+    )
+    if ctx.invoked_subcommand in LOCAL_ONLY:
+        require_local(ctx.invoked_subcommand)
+    # Commands with their own --server/--token (`bosun agent`) take the global ones as
+    # defaults, so `bosun --server URL agent` works too.
+    defaults = {"server": _chosen.url} | ({"token": token} if token else {})
+    ctx.default_map = {**(ctx.default_map or {}), "agent": defaults}
+
+
+def remote() -> Remote | None:
+    """The server chosen with ``--server`` / ``BOSUN_SERVER``, or None to work locally."""
+    return _chosen
+
+
+def require_local(command: str, why: str | None = None) -> None:
+    """Refuse to go on when a server was chosen: ``command`` works on this machine only."""
+    chosen = remote()
+    if chosen is None:
+        return
+    from bosun.client import redact
+
+    why = why or LOCAL_ONLY.get(command, "works on this machine only")
+    unset = "leave out --server" if chosen.source == "--server" else "unset BOSUN_SERVER"
+    _fail(
+        InputError(
+            f"`bosun {command}` {why}; it cannot work through a bosun server "
+            f"({chosen.source} is {redact(chosen.url)})",
+            f"{unset}, and run it on the machine whose bosun.toml it is for",
+        )
+    )
+
+
+def open_backend(config: Path | None) -> Callable[[], Awaitable[Backend]]:
+    """How this command reaches bosun: the server chosen with ``--server``, or else the
+    store and bosun.toml here. Settings are loaded (and checked) now; the backend is
+    opened by the returned function, inside the command's event loop."""
+    chosen = remote()
+    if chosen is not None:
+        from bosun.client import Client
+
+        async def open_remote() -> Backend:
+            return Client(chosen.url, chosen.token)
+
+        return open_remote
+    settings = _settings(config)
+
+    async def open_local() -> Backend:
+        return await Service.open(settings)
+
+    return open_local
+
+
+def _agents(config: Path | None) -> list[dict[str, Any]]:
+    """The agents, as ``agents list --json`` prints them (locally without the store)."""
+    if remote() is None:
+        return agent_rows(_settings(config))
+    backend = open_backend(config)
+
+    async def go() -> list[dict[str, Any]]:
+        async with await backend() as b:
+            return await b.agents()
+
+    return _run(go)
+
+
 # -- commands ------------------------------------------------------------------------------
 @app.command()
 def init(
@@ -154,12 +293,18 @@ def submit(
         str | None, typer.Option("--base-branch", help="Branch to start from.")
     ] = None,
     host: Annotated[str | None, typer.Option(help="Pin the task to one host.")] = None,
-    mode: Annotated[str, typer.Option(help="dispatch or http_pull.")] = "dispatch",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="dispatch (bosun runs the agent on a host) or http_pull (a pull agent, "
+            "`bosun agent`, fetches it over HTTP)."
+        ),
+    ] = "dispatch",
     max_attempts: Annotated[int | None, typer.Option("--max-attempts")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Queue a task."""
-    settings = _settings(config)
+    backend = open_backend(config)
     if body_file is not None:
         try:
             text = (
@@ -186,8 +331,8 @@ def submit(
             host=host,
             max_attempts=max_attempts,
         )
-        async with await Service.open(settings) as svc:
-            return await svc.submit(spec)
+        async with await backend() as b:
+            return await b.submit(spec)
 
     task = _run(go)
     if as_json:
@@ -221,7 +366,7 @@ def ls_(
     as_json: JsonOpt = False,
 ) -> None:
     """List tasks."""
-    settings = _settings(config)
+    backend = open_backend(config)
 
     async def go() -> list[Task]:
         flt = TaskFilter(
@@ -232,8 +377,8 @@ def ls_(
             after_id=after,
             limit=limit,
         )
-        async with await Service.open(settings) as svc:
-            return await svc.list_tasks(flt)
+        async with await backend() as b:
+            return await b.list_tasks(flt)
 
     tasks = _run(go)
     if as_json:
@@ -245,12 +390,12 @@ def ls_(
 @app.command()
 def show(task_id: int, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show one task and its runs."""
-    settings = _settings(config)
+    backend = open_backend(config)
 
     async def go() -> dict[str, Any]:
-        async with await Service.open(settings) as svc:
-            task = await svc.get(task_id)
-            runs = await svc.runs(task_id)
+        async with await backend() as b:
+            task = await b.get(task_id)
+            runs = await b.runs(task_id)
             return {**task.to_json(), "runs": [r.to_json() for r in runs]}
 
     data = _run(go)
@@ -327,16 +472,16 @@ def logs(
     as_json: JsonOpt = False,
 ) -> None:
     """Print a task's output and events (every line once, in order)."""
-    settings = _settings(config)
+    backend = open_backend(config)
 
     async def go() -> None:
-        async with await Service.open(settings) as svc:
+        async with await backend() as b:
             if follow:
-                async for ev in svc.follow(task_id):
+                async for ev in b.follow(task_id):
                     _emit(ev, as_json)
                 return
             cursor = 0
-            while batch := await svc.events(task_id, cursor):
+            while batch := await b.events(task_id, cursor):
                 for ev in batch:
                     _emit(ev, as_json)
                 cursor = batch[-1].id
@@ -357,11 +502,11 @@ def _emit(ev: Event, as_json: bool) -> None:
 @app.command()
 def cancel(task_id: int, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Cancel a task (a running agent's whole process group is killed)."""
-    settings = _settings(config)
+    backend = open_backend(config)
 
     async def go() -> Task:
-        async with await Service.open(settings) as svc:
-            return await svc.cancel(task_id)
+        async with await backend() as b:
+            return await b.cancel(task_id)
 
     task = _run(go)
     _print_json(task.to_json()) if as_json else out.print(f"task {task.id} cancelled")
@@ -370,43 +515,14 @@ def cancel(task_id: int, config: ConfigOpt = None, as_json: JsonOpt = False) -> 
 @app.command()
 def retry(task_id: int, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Queue a failed or cancelled task again."""
-    settings = _settings(config)
+    backend = open_backend(config)
 
     async def go() -> Task:
-        async with await Service.open(settings) as svc:
-            return await svc.retry(task_id)
+        async with await backend() as b:
+            return await b.retry(task_id)
 
     task = _run(go)
     _print_json(task.to_json()) if as_json else out.print(f"task {task.id} queued again")
-
-
-@app.command()
-def hosts(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """List hosts with their caps and load."""
-    settings = _settings(config)
-
-    async def go() -> list[dict[str, Any]]:
-        async with await Service.open(settings) as svc:
-            return [h.to_json() for h in await svc.hosts()]
-
-    rows = _run(go)
-    if as_json:
-        _print_json(rows)
-        return
-    table = Table()
-    for col in ("name", "kind", "enabled", "healthy", "running", "agents", "labels"):
-        table.add_column(col)
-    for h in rows:
-        table.add_row(
-            h["name"],
-            h["kind"],
-            str(h["enabled"]),
-            str(h["healthy"]),
-            f"{h['running']}/{h['max_concurrent']}",
-            ", ".join(h["agents"]),
-            ", ".join(h["labels"]),
-        )
-    out.print(table)
 
 
 async def _dispatch(settings: Settings, *, burst: bool, quiet: bool) -> None:
@@ -471,11 +587,28 @@ def run(
 def serve(
     config: ConfigOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    bind: Annotated[
+        str | None, typer.Option("--bind", metavar="ADDR", help="Default: [server] bind.")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", min=0, max=65535, help="Default: [server] port (0: any free)."),
+    ] = None,
 ) -> None:
-    """Keep dispatching until SIGINT or SIGTERM; running agents keep running and are
-    re-attached by the next bosun."""
+    """Run the HTTP API and keep dispatching until SIGINT or SIGTERM; running agents keep
+    running and are re-attached by the next bosun."""
+    from bosun.server.run import serve as serve_api
+
     settings = _settings(config)
-    _run(lambda: _dispatch(settings, burst=False, quiet=quiet))
+    _run(
+        lambda: serve_api(
+            settings,
+            bind=bind,
+            port=port,
+            say=lambda line: out.print(escape(line)),
+            reporter=None if quiet else Reporter,
+        )
+    )
 
 
 @app.command()
@@ -493,33 +626,16 @@ def demo(
 
 agents_app = typer.Typer(help="Inspect the configured agents.", no_args_is_help=True)
 app.add_typer(agents_app, name="agents")
-
-
-def agent_json(spec: AgentSpec, *, builtin: bool) -> dict[str, Any]:
-    """An agent spec as data (never the values of env variables: they may be secrets)."""
-    return {
-        "name": spec.name,
-        "builtin": builtin,
-        "description": spec.description,
-        "command": list(spec.command),
-        "prompt": spec.prompt.value,
-        "parser": spec.parser,
-        "env_allow": list(spec.env_allow),
-        "env": sorted(spec.env),
-        "resume": list(spec.resume),
-        "resume_command": list(spec.resume_command),
-        "isolated_home": spec.isolated_home,
-        "timeout": spec.timeout,
-        "stall_timeout": spec.stall_timeout,
-        "files": sorted(spec.files),
-    }
+app.add_typer(token_app, name="token")
+app.add_typer(hosts_app, name="hosts")
+app.command("agent")(agent_command)
+app.command()(attach)
 
 
 @agents_app.command("list")
 def agents_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """List every agent: built in, or defined in bosun.toml."""
-    settings = _settings(config)
-    rows = [agent_json(s, builtin=n in BUILTIN_AGENTS) for n, s in sorted(settings.agents.items())]
+    """List every agent: built in, or defined in bosun.toml (or the server's)."""
+    rows = _agents(config)
     if as_json:
         _print_json(rows)
         return
@@ -540,11 +656,9 @@ def agents_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 @agents_app.command("show")
 def agents_show(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show one agent's spec."""
-    settings = _settings(config)
-    spec = settings.agents.get(name)
-    if spec is None:
+    data = next((r for r in _agents(config) if r.get("name") == name), None)
+    if data is None:
         _fail(InputError(f"unknown agent {name!r}", "see `bosun agents list`"))
-    data = agent_json(spec, builtin=name in BUILTIN_AGENTS)
     if as_json:
         _print_json(data)
         return
@@ -571,15 +685,15 @@ def agents_parse(
 
     parser = name
     if name not in PARSERS:
-        settings = _settings(config)
-        if name not in settings.agents:
+        row = next((r for r in _agents(config) if r.get("name") == name), None)
+        if row is None:
             _fail(
                 InputError(
                     f"{name!r} is neither an agent nor a parser",
                     "known parsers: " + ", ".join(sorted(PARSERS)),
                 )
             )
-        parser = settings.agents[name].parser
+        parser = str(row["parser"])
     try:
         stdout = (
             sys.stdin.read()

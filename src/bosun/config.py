@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -36,14 +37,17 @@ from bosun.errors import ConfigError, InputError
 __all__ = [
     "AgentConfig",
     "DatabaseConfig",
+    "ForgeConfig",
     "HostConfig",
     "LimitsConfig",
+    "NotificationsConfig",
     "RepoConfig",
     "ServerConfig",
     "Settings",
     "find_config",
     "init_config_text",
     "load_settings",
+    "read_secret",
     "settings_from_data",
     "write_init",
 ]
@@ -64,6 +68,185 @@ class DatabaseConfig(_Table):
     url: str | None = None  # None: sqlite at <state_dir>/bosun.db
 
 
+#: Keys that would put a secret into bosun.toml itself, and the keys to use instead.
+_INLINE_SECRETS = {
+    "token": "token_env",
+    "webhook_secret": "webhook_secret_env",
+    "secret": "secret_env",
+    "password": "token_env",
+    "api_key": "token_env",
+}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _no_inline_secrets(data: Any) -> Any:
+    """Refuse a secret written into the config text (it is often committed or shared)."""
+    if isinstance(data, Mapping):
+        for key, instead in _INLINE_SECRETS.items():
+            if key in data:
+                base = instead.removesuffix("_env")
+                raise ValueError(
+                    f"{key} is written in the config itself, but secrets are never read from "
+                    f"bosun.toml (it is often committed or shared): put the value in an "
+                    f'environment variable and write {instead} = "VARIABLE_NAME", or in a '
+                    f'file and write {base}_file = "path/to/file"'
+                )
+    return data
+
+
+def _check_secret_source(table: BaseModel, name: str, *, required: bool) -> None:
+    env = getattr(table, f"{name}_env")
+    path = getattr(table, f"{name}_file")
+    if env is not None and path is not None:
+        raise ValueError(f"give either {name}_env or {name}_file, not both")
+    if required and env is None and path is None:
+        raise ValueError(
+            f'{name} is needed: write {name}_env = "VARIABLE_NAME" (an environment variable '
+            f'that holds it) or {name}_file = "path/to/file"'
+        )
+    if env is not None and not _ENV_NAME.fullmatch(env):
+        raise ValueError(
+            f"{name}_env is not an environment variable name "
+            "(letters, digits and '_'; the name of the variable, not its value)"
+        )
+
+
+class ForgeConfig(_Table):
+    """``[repos.NAME.forge]``: the forge (Forgejo, Gitea, GitHub) that hosts a repository:
+    bosun opens a pull request for each task there and follows its review through signed
+    webhooks. Secrets come from environment variables (``*_env``) or files (``*_file``)."""
+
+    kind: Literal["forgejo", "gitea", "github"]
+    api_url: str = Field(min_length=1)  # https://forge.example/api/v1, https://api.github.com
+    repo: str = Field(min_length=3)  # "owner/name" on the forge
+    token_env: str | None = None
+    token_file: str | None = None
+    webhook_secret_env: str | None = None
+    webhook_secret_file: str | None = None
+    draft: bool = False  # open pull requests as drafts
+    on_close: Literal["cancel", "ignore"] = "cancel"  # closed without merging
+    command_prefix: str = Field(default="/bosun", min_length=1)  # "/bosun fix the tests"
+    mention: str | None = "@bosun"  # a comment mentioning this is addressed to bosun
+    max_reviews: PositiveInt = 3  # rework rounds before the task needs a human
+    issue_label: str | None = None  # an issue given this label becomes a task
+    issue_agent: str | None = None  # the agent of tasks made from issues
+    poll_interval: NonNegativeFloat = 300.0  # seconds between polls of open PRs; 0: never
+    timeout: PositiveFloat = 30.0  # seconds for one REST request
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline(cls, data: Any) -> Any:
+        return _no_inline_secrets(data)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ForgeConfig:
+        _check_secret_source(self, "token", required=True)
+        _check_secret_source(self, "webhook_secret", required=False)
+        if not re.fullmatch(r"[^/\s]+/[^/\s]+", self.repo):
+            raise ValueError(f'repo = {self.repo!r} is not "owner/name"')
+        if not self.api_url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"api_url = {self.api_url!r} is not an http(s) URL "
+                '(e.g. "https://forge.example/api/v1" or "https://api.github.com")'
+            )
+        if self.issue_label is not None and self.issue_agent is None:
+            raise ValueError("issue_label needs issue_agent: the agent of tasks made from issues")
+        return self
+
+    def token(self, environ: Mapping[str, str] = os.environ) -> str:
+        """The API token (``ConfigError`` naming the variable or file when it is missing)."""
+        value = read_secret(self.token_env, self.token_file, "token", self.repo, environ)
+        assert value is not None  # required by the validator
+        return value
+
+    def webhook_secret(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        """The webhook secret, or None when none is configured."""
+        return read_secret(
+            self.webhook_secret_env, self.webhook_secret_file, "webhook secret", self.repo, environ
+        )
+
+
+def read_secret(
+    env: str | None, path: str | None, what: str, owner: str, environ: Mapping[str, str]
+) -> str | None:
+    """A secret from the environment variable ``env`` or the file ``path`` (stripped of
+    surrounding whitespace); None when neither is configured. The value is never part of
+    an error message."""
+    if env is not None:
+        value = environ.get(env, "").strip()
+        if not value:
+            raise ConfigError(
+                f"the {what} of {owner} is read from the environment variable {env}, "
+                "which is not set (or empty)",
+                f"export {env}=... in the environment of bosun",
+            )
+        return value
+    if path is not None:
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(
+                f"the {what} of {owner} is read from {path}, which cannot be read: {reason}",
+                "create the file with the secret in it, readable by bosun",
+            ) from None
+        if not value:
+            raise ConfigError(f"the {what} file {path} of {owner} is empty", "put the secret in it")
+        return value
+    return None
+
+
+NotifyOn = Literal["needs_input", "failed", "completed"]
+
+
+def _notify_on() -> list[NotifyOn]:
+    return ["needs_input", "failed", "completed"]
+
+
+class NotificationsConfig(_Table):
+    """``[notifications]``: an outgoing webhook (a JSON POST) when a task needs input,
+    fails or completes; each change of status is sent once."""
+
+    url: str | None = None
+    url_env: str | None = None  # when the URL itself is a secret (Slack-style hooks)
+    secret_env: str | None = None  # signs the body: X-Bosun-Signature-256: sha256=<hex>
+    secret_file: str | None = None
+    on: list[NotifyOn] = Field(default_factory=_notify_on)
+    timeout: PositiveFloat = 10.0
+    retries: NonNegativeInt = 3  # attempts after the first failed one
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline(cls, data: Any) -> Any:
+        return _no_inline_secrets(data)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NotificationsConfig:
+        if self.url is not None and self.url_env is not None:
+            raise ValueError("give either url or url_env, not both")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url = {self.url!r} is not an http(s) URL")
+        if self.url_env is not None and not _ENV_NAME.fullmatch(self.url_env):
+            raise ValueError("url_env is not an environment variable name")
+        _check_secret_source(self, "secret", required=False)
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None or self.url_env is not None
+
+    def target(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        """The URL to POST to (None when notifications are off)."""
+        if self.url is not None:
+            return self.url
+        return read_secret(self.url_env, None, "notification URL", "[notifications]", environ)
+
+    def secret(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        return read_secret(
+            self.secret_env, self.secret_file, "signing secret", "[notifications]", environ
+        )
+
+
 class RepoConfig(_Table):
     """``[repos.NAME]``: a repository tasks can work on."""
 
@@ -72,6 +255,10 @@ class RepoConfig(_Table):
     copy_files: list[str] = Field(default_factory=list)
     setup: list[str] = Field(default_factory=list)  # one argv run in a fresh worktree
     push: bool = True
+    # how commits reach the url: "auto" (the host's git; bosun's connection when the host
+    # cannot reach the url), "git" (the host's git only) or "bosun" (always through bosun)
+    transport: Literal["auto", "git", "bosun"] = "auto"
+    forge: ForgeConfig | None = None  # [repos.NAME.forge]: pull requests and reviews
 
 
 class AgentConfig(_Table):
@@ -92,6 +279,7 @@ class AgentConfig(_Table):
     stall_timeout: PositiveFloat | None = None
     version_command: list[str] | None = None
     description: str | None = None
+    tmux: bool | None = None  # run inside a detached tmux session (see docs/attach.md)
 
 
 class HostConfig(_Table):
@@ -186,6 +374,7 @@ class _File(_Table):
     hosts: dict[str, HostConfig] | None = None
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +390,7 @@ class Settings:
     hosts: dict[str, HostConfig]
     limits: LimitsConfig
     server: ServerConfig = field(default_factory=ServerConfig)
+    notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
 
     def run_timeout(self, agent: str) -> float:
         """Wall-clock limit of one run of ``agent`` (its own, else ``[limits]``)."""
@@ -296,6 +486,19 @@ def settings_from_data(data: Mapping[str, Any], config_path: str | Path) -> Sett
                     f"[hosts.{host_name}] agents: unknown agent {name!r}",
                     f"use one of: {known} (or [] for every agent)",
                 )
+    for repo_name, repo in raw.repos.items():
+        forge = repo.forge
+        if forge is not None and not repo.push:
+            raise fail(
+                f"[repos.{repo_name}] push = false, but it has a forge: its pull requests need "
+                "the task branches pushed",
+                f"set push = true, or remove [repos.{repo_name}.forge]",
+            )
+        if forge is not None and forge.issue_agent is not None and forge.issue_agent not in agents:
+            raise fail(
+                f"[repos.{repo_name}.forge] issue_agent: unknown agent {forge.issue_agent!r}",
+                f"use one of: {known}",
+            )
     state_dir = _absolute(raw.state_dir, config_dir)
     return Settings(
         config_path=config_path,
@@ -303,13 +506,34 @@ def settings_from_data(data: Mapping[str, Any], config_path: str | Path) -> Sett
         state_dir=state_dir,
         database_url=_database_url(raw.database.url, config_dir, state_dir),
         repos={
-            name: repo.model_copy(update={"url": _repo_url(repo.url, config_dir)})
+            name: repo.model_copy(
+                update={"url": _repo_url(repo.url, config_dir), "forge": _forge(repo, config_dir)}
+            )
             for name, repo in raw.repos.items()
         },
         agents=agents,
         hosts=hosts,
         limits=raw.limits,
         server=raw.server,
+        notifications=raw.notifications.model_copy(
+            update={"secret_file": _opt_path(raw.notifications.secret_file, config_dir)}
+        ),
+    )
+
+
+def _opt_path(path: str | None, base: Path) -> str | None:
+    return None if path is None else str(_absolute(path, base))
+
+
+def _forge(repo: RepoConfig, config_dir: Path) -> ForgeConfig | None:
+    """The forge table with its secret files made absolute."""
+    if repo.forge is None:
+        return None
+    return repo.forge.model_copy(
+        update={
+            "token_file": _opt_path(repo.forge.token_file, config_dir),
+            "webhook_secret_file": _opt_path(repo.forge.webhook_secret_file, config_dir),
+        }
     )
 
 
@@ -345,6 +569,7 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "database": DatabaseConfig,
     "limits": LimitsConfig,
     "server": ServerConfig,
+    "notifications": NotificationsConfig,
 }
 _NAMED_MODELS: dict[str, type[BaseModel]] = {
     "repos": RepoConfig,
@@ -355,6 +580,8 @@ _NAMED_MODELS: dict[str, type[BaseModel]] = {
 
 def _split_loc(loc: tuple[int | str, ...]) -> tuple[str, tuple[int | str, ...], type[BaseModel]]:
     """``("repos", "demo", "setup", 0)`` -> ``("[repos.demo]", ("setup", 0), RepoConfig)``."""
+    if loc and loc[0] == "repos" and len(loc) >= 3 and loc[2] == "forge":
+        return f"[repos.{loc[1]}.forge]", loc[3:], ForgeConfig
     if loc and loc[0] in _NAMED_MODELS and len(loc) >= 2:
         return f"[{loc[0]}.{loc[1]}]", loc[2:], _NAMED_MODELS[str(loc[0])]
     if loc and loc[0] in _SECTION_MODELS:
@@ -443,6 +670,22 @@ state_dir = ".bosun"
 # copy_files = [".env"]         # untracked files copied into every new worktree
 # setup = ["npm", "ci"]         # a command (argv list) run in each new worktree first
 # push = true                   # push the task branch when the run ends
+# transport = "auto"            # "bosun": commits travel through bosun's own connection
+#                               # (for hosts that cannot reach the url); "git": never
+#
+# [repos.demo.forge]            # pull requests and reviews (docs/forges.md)
+# kind = "forgejo"              # "forgejo", "gitea" or "github"
+# api_url = "https://forge.example/api/v1"  # GitHub: "https://api.github.com"
+# repo = "team/app"             # owner/name on the forge
+# token_env = "BOSUN_FORGE_TOKEN"            # or token_file = "path"; never the token itself
+# webhook_secret_env = "BOSUN_WEBHOOK_SECRET"  # or webhook_secret_file = "path"
+# on_close = "cancel"           # a PR closed without merging cancels the task ("ignore")
+# command_prefix = "/bosun"     # PR comments starting with this (or the mention) are rework
+# mention = "@bosun"
+# max_reviews = 3               # rework rounds; then the task needs input
+# issue_label = "bosun"         # an issue given this label becomes a task...
+# issue_agent = "claude"        # ...for this agent
+# poll_interval = 300.0         # polling fallback for open PRs, seconds (0: off)
 
 # --- agents -------------------------------------------------------------------------
 # "demo" is built in: a deterministic stand-in that is NOT an AI. It applies lines like
@@ -471,6 +714,7 @@ parser = "raw"                  # "raw" (any program) or "jsonl" (one JSON objec
 # isolated_home = true          # HOME and XDG_* inside the run directory
 # timeout = 3600.0              # wall-clock seconds (default: [limits] run_timeout)
 # stall_timeout = 600.0         # seconds without output (default: [limits])
+# tmux = false                  # true: run in a detached tmux session (`bosun attach`)
 
 # --- hosts --------------------------------------------------------------------------
 # Machines that run agents. Without any [hosts] table there is one local host.
@@ -501,6 +745,13 @@ bind = "127.0.0.1"
 port = 8765
 # public_url = "https://bosun.example"  # base of links in pull requests
 pull_lease_seconds = 120.0      # a pull agent must report progress within this
+
+# --- notifications ------------------------------------------------------------------
+# A JSON POST when a task needs input, fails or completes (docs/review-loop.md).
+# [notifications]
+# url_env = "BOSUN_NOTIFY_URL"        # a variable holding the URL (or: url = "https://...")
+# secret_env = "BOSUN_NOTIFY_SECRET"   # optional: X-Bosun-Signature-256 over the body
+# on = ["needs_input", "failed", "completed"]
 
 # --- limits -------------------------------------------------------------------------
 [limits]

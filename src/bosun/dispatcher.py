@@ -20,11 +20,12 @@ from typing import Any
 
 from bosun import lifecycle, scheduler
 from bosun.config import Settings
-from bosun.execution import Attempt, Context, utcnow
-from bosun.models import ErrorKind, NewEvent, Outcome, RunStatus, Task, TaskStatus
+from bosun.execution import Attempt, Context, make_workspace, utcnow, workspace_root
+from bosun.hosts.check import ProviderFactory
+from bosun.hosts.health import Fleet, probe_timeout
+from bosun.models import ErrorKind, ExecutionMode, NewEvent, Outcome, RunStatus, Task, TaskStatus
 from bosun.providers.base import Provider
-from bosun.store.base import Store
-from bosun.workspace import Workspace
+from bosun.store.base import PullStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +66,43 @@ class Dispatcher:
         owner: str | None = None,
         clock: Callable[[], datetime] = utcnow,
         on_event: Callable[[str], None] | None = None,
+        provider_factory: ProviderFactory | None = None,
     ) -> None:
+        """``providers``: one per host of ``settings``; hosts registered at run time
+        (``bosun hosts add``) get theirs from ``provider_factory`` (by default
+        ``service.make_providers``)."""
+        if provider_factory is None:
+            from bosun.service import make_providers
+
+            provider_factory = make_providers
         self.settings = settings
         self.store = store
         self.owner = owner or new_owner()
+        own_providers = dict(providers)
+        # a remote host's workspace is made once its provider is ready (Context.workspace)
         workspaces = {
-            name: Workspace(provider, str(settings.state_dir))
-            for name, provider in providers.items()
+            name: make_workspace(provider, settings)
+            for name, provider in own_providers.items()
+            if workspace_root(provider, settings) is not None
         }
-        self.ctx = Context(settings, store, providers, workspaces, self.owner, clock)
+        self.ctx = Context(settings, store, own_providers, workspaces, self.owner, clock)
+
+        def add_workspace(name: str, provider: Provider) -> None:
+            workspaces.pop(name, None)  # (a re-registered host's old one)
+            if workspace_root(provider, settings) is not None:
+                workspaces[name] = make_workspace(provider, settings)
+
+        self.fleet = Fleet(
+            settings,
+            store,
+            own_providers,
+            factory=provider_factory,
+            on_provider=add_workspace,
+            cancel_grace=settings.limits.cancel_grace,
+        )
+        self.ctx.on_host_down = self.fleet.mark_down
+        self._watcher: asyncio.Task[None] | None = None
+        self._first: asyncio.Task[None] | None = None
         self._active: dict[int, asyncio.Task[None]] = {}
         self._slot_freed = asyncio.Event()
         self._unplaceable: dict[int, str] = {}
@@ -83,15 +112,18 @@ class Dispatcher:
     async def run(self, *, burst: bool = False, stop: asyncio.Event | None = None) -> None:
         """Dispatch until ``stop`` is set, or (``burst``) until nothing is left to do."""
         stop = stop or asyncio.Event()
-        for provider in self.ctx.providers.values():
-            await provider.ensure_ready()
         loop = asyncio.get_running_loop()
         try:
+            await self._start_hosts()
             await self.recover()
-            recovered_at = unpaused_at = loop.time()
+            recovered_at = unpaused_at = hosts_at = loop.time()
             await self._unpause()
             while not stop.is_set():
                 now = loop.time()
+                if now - hosts_at >= self.settings.limits.poll_interval:
+                    # `bosun hosts drain / add / rm` from another process
+                    await self.fleet.refresh()
+                    hosts_at = now
                 if now - recovered_at >= self.settings.limits.heartbeat_seconds:
                     # another dispatcher on this database may have died: adopt its runs
                     await self.recover()
@@ -110,11 +142,16 @@ class Dispatcher:
             await self._shutdown()
 
     async def recover(self) -> None:
-        """Adopt running tasks whose owner is gone: re-attach to live runs, collect ended ones."""
+        """Adopt running tasks whose owner is gone: re-attach to live runs, collect ended ones.
+        Tasks of pull agents are never adopted; those whose lease expired are taken back."""
         now = self.ctx.clock()
+        if isinstance(self.store, PullStore):
+            await self.store.expire_pull_leases(now)
         for task in await self.store.running():
             if task.lease_owner == self.owner or task.id in self._active:
                 continue
+            if task.execution_mode is ExecutionMode.HTTP_PULL:
+                continue  # a pull agent runs it; expire_pull_leases takes it back
             dead = owner_is_dead(task.lease_owner)
             taken = await self.store.take_over(
                 task.id,
@@ -126,6 +163,44 @@ class Dispatcher:
             if taken is None:
                 continue
             self._adopt(taken)
+
+    # -- hosts -------------------------------------------------------------------------
+    async def _start_hosts(self) -> None:
+        """Load the registry and check every host (a host that does not answer is
+        unhealthy, not fatal). Start-up waits for that first round only briefly: a host
+        still connecting is treated as healthy until its check says otherwise. Then the
+        checks go on every heartbeat interval."""
+        await self.fleet.refresh(strict=True)
+        self._first = asyncio.create_task(self._first_check(), name="bosun-host-first-check")
+        await asyncio.wait({self._first}, timeout=probe_timeout(self.settings))
+        self._watcher = asyncio.create_task(self._watch_hosts(), name="bosun-host-health")
+
+    async def _first_check(self) -> None:
+        try:
+            await self.fleet.check_all()
+            # what is left of runs given up on while a host was unreachable (bosun may
+            # have stopped before the host came back)
+            for host in self.fleet.hosts:
+                if self.fleet.healthy(host.name):
+                    await self.fleet.reconcile(host.name)
+        except Exception:
+            log.exception("first host health check failed")
+
+    async def _watch_hosts(self) -> None:
+        if self._first is not None:
+            await self._first
+            self._slot_freed.set()
+        while True:
+            await asyncio.sleep(self.settings.limits.heartbeat_seconds)
+            try:
+                _down, back = await self.fleet.check_all()
+                for name in back:
+                    await self.fleet.reconcile(name)
+            except Exception:  # a failed round must not end the health checks
+                log.exception("host health check failed")
+                continue
+            if back:
+                self._slot_freed.set()  # a host came back: queued work may fit now
 
     # -- internals ---------------------------------------------------------------------
     def _adopt(self, task: Task) -> None:
@@ -182,16 +257,22 @@ class Dispatcher:
             if run.attempt != task.attempt or run.ended_at is not None:
                 continue
             provider = self.ctx.providers.get(run.host)
+            stopped = False
             if provider is not None and "run_dir" in run.ref:
                 with contextlib.suppress(Exception):
-                    handle = await provider.attach(run.ref)
-                    await handle.cancel(self.settings.limits.cancel_grace)
+                    async with asyncio.timeout(self.settings.limits.cancel_grace + 30):
+                        handle = await provider.attach(run.ref)
+                        await handle.cancel(self.settings.limits.cancel_grace)
+                    stopped = True
+            # Not stopped (its host did not answer): the host's reconciliation kills it
+            # once the host is back, so the retry is never doubled by a stray run.
             await self.store.update_run(
                 run.id,
                 status=RunStatus.LOST,
                 error_kind=ErrorKind.INTERNAL,
                 error=message,
                 ended_at=now,
+                **({} if stopped else {"ref": {**run.ref, "abandoned": True}}),
             )
         current = await self.store.get_task(task.id)
         if current.status is not TaskStatus.RUNNING or current.lease_owner != self.owner:
@@ -226,19 +307,7 @@ class Dispatcher:
             )
 
     def _hosts(self) -> list[scheduler.HostSlot]:
-        return [
-            scheduler.HostSlot(
-                name=name,
-                max_concurrent=h.max_concurrent,
-                agents=frozenset(h.agents),
-                labels=frozenset(h.labels),
-                priority=h.priority,
-                enabled=h.enabled,
-                unhealthy_agents=frozenset(self.ctx.unhealthy.get(name, ())),
-            )
-            for name, h in self.settings.hosts.items()
-            if name in self.ctx.providers
-        ]
+        return self.fleet.slots(self.ctx.unhealthy)
 
     async def _schedule(self) -> tuple[int, int, bool]:
         """One pass: plan and claim in one store transaction, then start what was claimed.
@@ -252,7 +321,10 @@ class Dispatcher:
         def choose(candidates: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
             nonlocal offered
             offered = len(candidates)
-            plan = scheduler.plan(candidates, running, hosts, caps)
+            # Pull agents' tasks use no host or cap of this dispatcher (claim_batch still
+            # keeps their scope locks).
+            mine = [t for t in running if t.execution_mode is ExecutionMode.DISPATCH]
+            plan = scheduler.plan(candidates, mine, hosts, caps)
             seen.append(plan)
             return [(p.task.id, p.host) for p in plan.placements]
 
@@ -304,6 +376,7 @@ class Dispatcher:
         """Stop following runs. The agents keep running (they are detached); their leases
         are released so the next bosun re-attaches at once."""
         tasks = list(self._active.values())
+        tasks += [t for t in (self._watcher, self._first) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -315,5 +388,5 @@ class Dispatcher:
                     await self.store.append_event(
                         NewEvent("task.released", {"owner": self.owner}, task_id=task.id)
                     )
-        for provider in self.ctx.providers.values():
+        for provider in [*self.ctx.providers.values(), *self.fleet.retired]:
             await provider.aclose()

@@ -11,7 +11,10 @@ Every error a user can cause says what was wrong and how to fix it. Library erro
     ├── StoreError           the database could not be opened or migrated
     ├── WorkspaceError       git could not prepare, commit or clean a worktree
     ├── ProviderError        a command could not be launched or followed on a host
-    └── LeaseLost            another dispatcher (or a cancel) took a task this one ran
+    │   ├── HostUnreachable  the host cannot be reached now (down, network, keepalive)
+    │   └── HostKeyError     an SSH host key is unknown or changed (strict host keys)
+    ├── LeaseLost            another dispatcher (or a cancel) took a task this one ran
+    └── Forbidden            the caller may not act on this (a pull agent and another's task)
 """
 
 from __future__ import annotations
@@ -57,5 +60,34 @@ class ProviderError(BosunError):
     """A command could not be launched, followed or cancelled on a host."""
 
 
+class HostUnreachable(ProviderError):
+    """The host cannot be reached now: connection refused or timed out, or the link died
+    (keepalive). Not the agent's fault: runs on the host may well still be going."""
+
+
+class HostKeyError(ProviderError):
+    """An SSH host's key is not trusted: unknown (``changed`` False) or different from
+    the one recorded (``changed`` True: possibly a man-in-the-middle)."""
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        key_type: str | None = None,
+        fingerprint: str | None = None,
+        changed: bool = False,
+    ) -> None:
+        super().__init__(message, hint)
+        self.key_type = key_type
+        self.fingerprint = fingerprint
+        self.changed = changed
+
+
 class LeaseLost(BosunError):
     """This dispatcher no longer holds the lease on a task (another one took it over)."""
+
+
+class Forbidden(BosunError):
+    """The caller is known but may not act on this: a pull agent reporting on a task it
+    was not given, or on a task bosun dispatches itself (HTTP 403)."""

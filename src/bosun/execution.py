@@ -12,21 +12,24 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from bosun import lifecycle
 from bosun.agents import AgentSpec, get_parser
 from bosun.agents.parsers import Parser
 from bosun.agents.reset_time import parse_reset_time
 from bosun.config import Settings
-from bosun.errors import BosunError, ConfigError, InputError, LeaseLost, NotFound
+from bosun.errors import BosunError, ConfigError, InputError, LeaseLost, NotFound, ProviderError
+from bosun.hosts.reach import HostDown, HostGone, HostWatch, Stopped
 from bosun.models import ErrorKind, NewEvent, Outcome, Run, RunStatus, Task, TaskStatus
 from bosun.preflight import check_agent
 from bosun.prompt import build_prompt
-from bosun.providers.base import Provider, RunHandle
+from bosun.providers.base import OutputChunk, Provider, RunHandle, TmuxSession
+from bosun.providers.tmux import session_for_run
+from bosun.review import publish_for_run, reviewed
 from bosun.store.base import Store
 from bosun.workspace import RepoSpec, Workspace, Worktree
 
@@ -34,6 +37,8 @@ from bosun.workspace import RepoSpec, Workspace, Worktree
 #: off while the agent is quiet.
 POLL_MIN = 0.005
 POLL_MAX = 0.25
+
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -55,6 +60,18 @@ class Context:
     checked: set[tuple[str, str]] = field(default_factory=set)
     #: host -> agent -> why it gets no new work there (until bosun restarts)
     unhealthy: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: told when an attempt finds its host unreachable (the dispatcher's host health)
+    on_host_down: HostDown | None = None
+
+    def workspace(self, host: str) -> Workspace:
+        """The workspace of ``host``, made on first use (a remote host's root is known
+        only once its provider is ready: ``ProviderError`` before that)."""
+        found = self.workspaces.get(host)
+        if found is None:
+            found = make_workspace(self.providers[host], self.settings)
+            if isinstance(self.workspaces, dict):
+                self.workspaces[host] = found
+        return found
 
     async def mark_unhealthy(self, host: str, agent: str, reason: str, task_id: int) -> None:
         self.unhealthy.setdefault(host, {})[agent] = reason
@@ -78,36 +95,48 @@ class Attempt:
         self.host = host
         self.spec: AgentSpec = ctx.settings.agents[task.agent]
         self.provider = ctx.providers[host]
-        self.workspace = ctx.workspaces[host]
         self.parser: Parser = get_parser(self.spec.parser)
         self._cancel_requested = False
         self._lease_lost = False
+        # rides out a host outage while following (see bosun.hosts.reach)
+        self.watch = HostWatch(
+            ctx.settings,
+            ctx.store,
+            self.provider,
+            host,
+            task.id,
+            on_down=ctx.on_host_down,
+            should_stop=lambda: self._lease_lost,
+        )
+        self._handle: RunHandle | None = None
+
+    @property
+    def workspace(self) -> Workspace:
+        return self.ctx.workspace(self.host)
+
+    async def _ready_workspace(self) -> Workspace:
+        """The workspace, connecting to the host first if it was never ready."""
+        if self.host not in self.ctx.workspaces:
+            await self.provider.ensure_ready()
+        return self.workspace
 
     # -- entry points ------------------------------------------------------------------
     async def start(self) -> None:
         """Run a task that this dispatcher has just claimed."""
         task = self.task
         store = self.ctx.store
+        if not await self._wake():
+            return
         if not await self._preflight():
             return
         try:
             wt = await self._prepare()
         except BosunError as exc:
-            await self._fail_before_launch(ErrorKind.WORKSPACE, exc)
+            if not await self._host_failed(exc):
+                await self._fail_before_launch(ErrorKind.WORKSPACE, exc)
             return
         resume_session = task.session_id if self._resuming_session() else None
-        prompt = build_prompt(
-            task.title,
-            task.body,
-            constraints=task.constraints,
-            validation=task.validation,
-            repo=task.repo,
-            branch=wt.branch,
-            base_branch=self._base_branch(),
-            scope=task.scope,
-            attempt=task.attempt,
-            previous_error=task.error if task.attempt > 1 else None,
-        )
+        prompt = await self._prompt(wt)
         key = run_key(task.id, task.attempt)
         try:
             run_dir = await self.provider.run_dir(key)
@@ -126,7 +155,8 @@ class Attempt:
         try:
             handle = await self.provider.launch(command, run_dir)
         except BosunError as exc:
-            await self._fail_before_launch(ErrorKind.LAUNCH, exc)
+            if not await self._host_failed(exc, run_dir=run_dir):
+                await self._fail_before_launch(ErrorKind.LAUNCH, exc)
             return
         # Recorded after the launch, off the path to the agent's start. A crash in between
         # loses nothing: the run key names the run directory, where ``adopt`` finds it.
@@ -135,7 +165,7 @@ class Attempt:
             attempt=task.attempt,
             host=self.host,
             agent=task.agent,
-            ref={**_wt_ref(wt), **handle.ref},
+            ref={**_wt_ref(wt), **handle.ref, **_tmux_ref(command.tmux)},
             status=RunStatus.RUNNING,
         )
         await store.append_event(
@@ -158,6 +188,19 @@ class Attempt:
         )
         await self._follow_and_finish(run, handle, wt)
 
+    async def _wake(self) -> bool:
+        """A host with a ``wake_command`` (bosun.toml only) may be asleep: ``ensure_ready``
+        wakes it and waits for SSH. False (the attempt failed) when that does not work."""
+        cfg = self.ctx.settings.hosts.get(self.host)
+        if cfg is None or not cfg.wake_command:
+            return True
+        try:
+            await self.provider.ensure_ready()
+        except BosunError as exc:
+            await self._fail_before_launch(ErrorKind.LAUNCH, exc)
+            return False
+        return True
+
     async def _preflight(self) -> bool:
         """Before an agent's first use on a host (once per dispatcher): the checks of
         ``bosun doctor``. A missing program or missing credentials fail this attempt with
@@ -172,6 +215,8 @@ class Attempt:
         # Only a missing program stops here: without credentials the CLI fails at once
         # with an auth error, which names host and agent too (and `doctor` reports it).
         if not check.installed:
+            if await self._host_failed(ProviderError(f"agent {self.task.agent} not found")):
+                return False  # not "missing": the host did not answer
             reason = "; ".join(check.problems)
             await self.ctx.mark_unhealthy(self.host, self.task.agent, reason, self.task.id)
             fix = check.fixes[0] if check.fixes else "see `bosun doctor`"
@@ -207,9 +252,15 @@ class Attempt:
     async def adopt(self) -> bool:
         """Recovery of an attempt whose launch was never recorded (bosun died right after
         it): find the run by its key and follow it; False when it never started."""
-        run_dir = await self.provider.run_dir(run_key(self.task.id, self.task.attempt))
+        key = run_key(self.task.id, self.task.attempt)
         try:
-            handle = await self.provider.attach({"run_dir": run_dir})
+            run_dir = await self.watch.call(lambda: self.provider.run_dir(key))
+            handle = await self.watch.call(lambda: self.provider.attach({"run_dir": run_dir}))
+        except HostGone as gone:
+            # Whether it started is unknown: record it given up, so the host's
+            # reconciliation stops it if it runs when the host is back; retry elsewhere.
+            await self._record_abandoned({"run_key": key}, str(gone), gone.unreachable_for)
+            return True
         except BosunError:
             return False
         wt = await self._prepare()  # the worktree exists: this finds it again
@@ -218,7 +269,11 @@ class Attempt:
             attempt=self.task.attempt,
             host=self.host,
             agent=self.task.agent,
-            ref={**_wt_ref(wt), **handle.ref},
+            ref={
+                **_wt_ref(wt),
+                **handle.ref,
+                **_tmux_ref(session_for_run(run_dir) if self.spec.tmux else None),
+            },
             status=RunStatus.RUNNING,
         )
         await self.ctx.store.append_event(
@@ -245,29 +300,19 @@ class Attempt:
         # The parser is pure: replaying the lines already stored restores its state.
         for ev in await _stored_output(self.ctx.store, self.task.id, run.id):
             self.parser.feed(ev[0], ev[1])
-        handle = await self.provider.attach(run.ref)
-        await self._follow_and_finish(run, handle, _wt_from_ref(run.ref, self.task))
+        # attached inside, so that a host that does not answer yet is waited for
+        await self._follow_and_finish(run, None, _wt_from_ref(run.ref, self.task))
 
     # -- internals ---------------------------------------------------------------------
+    async def _prompt(self, wt: Worktree) -> str:
+        """The prompt of this attempt (the pull worker uses the one its server built)."""
+        return task_prompt(self.task, self.ctx.settings, branch=wt.branch)
+
     def _resuming_session(self) -> bool:
         return bool(self.task.session_id) and self.task.review_count > 0
 
-    def _base_branch(self) -> str | None:
-        if self.task.repo is None:
-            return None
-        return self.task.base_branch or self.ctx.settings.repos[self.task.repo].default_branch
-
     async def _base_for_prepare(self) -> str | None:
-        """An explicit base branch wins; else a task builds on the branch of its last
-        dependency in the same repository, so a chain of tasks sees each other's work."""
-        task = self.task
-        if task.base_branch is not None or task.repo is None:
-            return task.base_branch
-        for dep_id in reversed(task.depends_on):
-            dep = await self.ctx.store.get_task(dep_id)
-            if dep.repo == task.repo and dep.branch and dep.commits:
-                return dep.branch
-        return None
+        return await base_for_prepare(self.ctx.store, self.task)
 
     async def _prepare(self) -> Worktree:
         task = self.task
@@ -281,8 +326,9 @@ class Attempt:
                 copy_files=tuple(cfg.copy_files),
                 setup=tuple(cfg.setup) if cfg.setup else None,
                 push=cfg.push,
+                transport=cfg.transport,
             )
-        wt = await self.workspace.prepare(
+        wt = await (await self._ready_workspace()).prepare(
             task.id,
             task.title,
             repo,
@@ -295,18 +341,26 @@ class Attempt:
             )
         return wt
 
-    async def _follow_and_finish(self, run: Run, handle: RunHandle, wt: Worktree) -> None:
-        beat = asyncio.create_task(self._heartbeat(handle))
+    async def _follow_and_finish(self, run: Run, handle: RunHandle | None, wt: Worktree) -> None:
+        beat = asyncio.create_task(self._heartbeat())
+        self.watch.run_id = run.id
         try:
+            if handle is None:
+                handle = await self.watch.call(lambda: self.provider.attach(run.ref))
             code, kind = await self._follow(run, handle)
-        except _Stop:
+            if wt.repo is not None:
+                await self.watch.call(self._ready_workspace)  # to commit and push the work
+        except (_Stop, Stopped):
+            return
+        except HostGone as gone:
+            await self._abandon(run, str(gone), gone.unreachable_for)
             return
         finally:
             beat.cancel()
             await asyncio.gather(beat, return_exceptions=True)
         await self._finish(run, code, kind, wt)
 
-    async def _heartbeat(self, handle: RunHandle) -> None:
+    async def _heartbeat(self) -> None:
         lim = self.ctx.settings.limits
         while True:
             await asyncio.sleep(lim.heartbeat_seconds)
@@ -332,9 +386,10 @@ class Attempt:
         last_output = time.monotonic()
         delay = POLL_MIN
         kind: ErrorKind | None = None
+        self._handle = handle
         while True:
-            code = await handle.exit_code()
-            chunks = await handle.read(out, err, final=code is not None)
+            code = await self._on_host(run, lambda h: h.exit_code())
+            chunks = await self._read(run, out, err, final=code is not None)
             if chunks:
                 events: list[NewEvent] = []
                 for chunk in chunks:
@@ -374,7 +429,8 @@ class Attempt:
                     kind = ErrorKind.CANCELLED
                 elif now - started > timeout:
                     kind = ErrorKind.TIMEOUT
-                elif now - last_output > stall:
+                elif now - max(last_output, self.watch.back_at or 0.0) > stall:
+                    # (time the host was unreachable does not count as silence)
                     kind = ErrorKind.STALLED
                 if kind is not None:
                     await store.append_event(
@@ -385,15 +441,39 @@ class Attempt:
                             run_id=run.id,
                         )
                     )
-                    await handle.cancel(lim.cancel_grace)
+                    await self._on_host(
+                        run,
+                        lambda h: h.cancel(lim.cancel_grace),
+                        timeout=lim.cancel_grace + 10 + self.watch.call_timeout,
+                    )
                     continue
-            if not await handle.alive() and await handle.exit_code() is None:
-                final = await handle.read(out, err, final=True)
+            if not await self._on_host(run, lambda h: h.alive()) and (
+                await self._on_host(run, lambda h: h.exit_code()) is None
+            ):
+                final = await self._read(run, out, err, final=True)
                 if not final:
                     return None, kind or ErrorKind.LOST
                 continue
             await asyncio.sleep(delay)
             delay = min(delay * 2, POLL_MAX)
+
+    async def _on_host(
+        self, run: Run, op: Callable[[RunHandle], Awaitable[T]], timeout: float | None = None
+    ) -> T:
+        """``op(handle)`` through a host outage (``HostWatch.call``); the handle is rebuilt
+        from the run's ref when the host answers but the call failed."""
+
+        async def call() -> T:
+            assert self._handle is not None
+            return await op(self._handle)
+
+        async def refresh() -> None:
+            self._handle = await self.provider.attach(run.ref)
+
+        return await self.watch.call(call, timeout=timeout, refresh=refresh)
+
+    async def _read(self, run: Run, out: int, err: int, *, final: bool) -> list[OutputChunk]:
+        return await self._on_host(run, lambda h: h.read(out, err, final=final))
 
     async def _finish(
         self, run: Run, code: int | None, kind: ErrorKind | None, wt: Worktree
@@ -455,37 +535,39 @@ class Attempt:
         )
         await self._settle(outcome, commits, wt)
 
-    async def _settle(self, outcome: Outcome, commits: list[str], wt: Worktree) -> None:
+    async def _settle(
+        self,
+        outcome: Outcome,
+        commits: list[str],
+        wt: Worktree,
+        override: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``override``: task fields that win over the lifecycle's (a host failure retries
+        at once, and before a launch does not use up an attempt)."""
         ctx, task = self.ctx, self.task
         lim = ctx.settings.limits
-        decision = lifecycle.after_run(
-            outcome,
-            attempt=task.attempt,
-            max_attempts=task.max_attempts,
-            now=ctx.clock(),
-            backoff_base=lim.retry_backoff,
-            backoff_cap=lim.retry_backoff_max,
-        )
-        fields: dict[str, Any] = {
-            "tokens_in": task.tokens_in + outcome.tokens_in,
-            "tokens_out": task.tokens_out + outcome.tokens_out,
-            "cost_usd": task.cost_usd + (outcome.cost_usd or 0.0),
-            "commits": tuple(task.commits) + tuple(c for c in commits if c not in task.commits),
-            "not_before": decision.not_before,
-        }
-        if outcome.session_id:
-            fields["session_id"] = outcome.session_id
         if outcome.error_kind is ErrorKind.AUTH:
             # Name where it failed: a login is per agent and per host.
             message = f"agent {task.agent} on host {self.host}: {outcome.error}"
             outcome = replace(outcome, error=message)
             await ctx.mark_unhealthy(self.host, task.agent, message, task.id)
-        if outcome.success:
-            fields.update(result_summary=outcome.summary, error=None, error_kind=None)
-        else:
-            fields.update(error=outcome.error, error_kind=outcome.error_kind)
-            if outcome.summary:
-                fields["result_summary"] = outcome.summary
+        # a forge reviews the branch: a success waits for its pull request (bosun.review)
+        review = outcome.success and reviewed(ctx.settings, task) and bool(commits)
+        decision, fields = lifecycle.settlement(
+            task,
+            outcome,
+            commits,
+            now=ctx.clock(),
+            backoff_base=lim.retry_backoff,
+            backoff_cap=lim.retry_backoff_max,
+            review=review,
+        )
+        fields.update(override or {})
+        if decision.status is TaskStatus.REVIEW_PENDING:
+            decision, pr_fields = await publish_for_run(
+                ctx.settings, ctx.store, task, decision, fields, environ=ctx.environ
+            )
+            fields.update(pr_fields)
         try:
             await ctx.store.transition(
                 task.id, decision.status, owner=ctx.owner, reason=decision.reason, **fields
@@ -513,6 +595,92 @@ class Attempt:
     def _push(self) -> bool:
         return self.task.repo is not None and self.ctx.settings.repos[self.task.repo].push
 
+    # -- host failures (see bosun.hosts.reach) -------------------------------------------
+    async def _host_failed(self, exc: BosunError, *, run_dir: str | None = None) -> bool:
+        """After ``exc`` before the run was followed: if the host does not answer, give
+        this attempt up (the task is queued again at once, without using up an attempt,
+        and the dispatcher sends it elsewhere) and return True; else False. With
+        ``run_dir`` the launch may have started the agent anyway: a lost run marked
+        ``abandoned`` is recorded, so the host's reconciliation stops it once it is back."""
+        problem = await self.watch.unreachable()
+        if problem is None:
+            return False
+        reason = f"host {self.host} is unreachable ({problem}): {exc.message}"
+        if self.ctx.on_host_down is not None:
+            await self.ctx.on_host_down(self.host, problem)
+        if run_dir is not None:
+            await self._record_abandoned({"run_dir": run_dir}, reason, 0.0, bump=True)
+            return True
+        await self.ctx.store.append_event(
+            NewEvent(
+                "run.error",
+                {"error_kind": ErrorKind.LOST.value, "error": reason, "host": self.host},
+                task_id=self.task.id,
+            )
+        )
+        await self._settle(
+            Outcome(success=False, error_kind=ErrorKind.LOST, error=reason),
+            [],
+            Worktree(path="", branch=None, base_sha=None, repo=None),
+            {"not_before": None, "max_attempts": self.task.max_attempts + 1},
+        )
+        return True
+
+    async def _record_abandoned(
+        self, ref: dict[str, Any], reason: str, unreachable_for: float, *, bump: bool = False
+    ) -> None:
+        """A run that may or may not have started on an unreachable host: record it lost
+        and ``abandoned`` (the host's reconciliation stops it if it is found running) and
+        retry the task at once (``bump``: without using up an attempt)."""
+        run = await self.ctx.store.add_run(
+            self.task.id,
+            attempt=self.task.attempt,
+            host=self.host,
+            agent=self.task.agent,
+            ref={**ref, "abandoned": True},
+            status=RunStatus.LOST,
+        )
+        await self._abandon(run, reason, unreachable_for, bump=bump)
+
+    async def _abandon(
+        self, run: Run, reason: str, unreachable_for: float, *, bump: bool = False
+    ) -> None:
+        """The host stayed unreachable past the limit: give the run up, retry the task at
+        once (the scheduler prefers another host), and mark the run ``abandoned`` so that
+        the host's reconciliation kills it if it still runs when the host is back."""
+        ctx = self.ctx
+        await ctx.store.update_run(
+            run.id,
+            status=RunStatus.LOST,
+            error_kind=ErrorKind.LOST,
+            error=reason,
+            ended_at=ctx.clock(),
+            ref={**run.ref, "abandoned": True},
+        )
+        await ctx.store.append_event(
+            NewEvent(
+                "run.abandoned",
+                {
+                    "run_id": run.id,
+                    "host": self.host,
+                    "reason": reason,
+                    "unreachable_for": round(unreachable_for, 3),
+                    "limit": self.watch.limit,
+                },
+                task_id=self.task.id,
+                run_id=run.id,
+            )
+        )
+        override: dict[str, Any] = {"not_before": None}
+        if bump:
+            override["max_attempts"] = self.task.max_attempts + 1
+        await self._settle(
+            Outcome(success=False, error_kind=ErrorKind.LOST, error=reason),
+            [],
+            Worktree(path="", branch=None, base_sha=None, repo=None),
+            override,
+        )
+
     async def _fail_before_launch(self, kind: ErrorKind, exc: BosunError) -> None:
         if isinstance(exc, ConfigError | InputError):
             kind = ErrorKind.CONFIG  # the same spec and task would fail the same way again
@@ -529,6 +697,64 @@ class Attempt:
             )
         )
         await self._settle(outcome, [], Worktree(path="", branch=None, base_sha=None, repo=None))
+
+
+def task_prompt(task: Task, settings: Settings, *, branch: str | None) -> str:
+    """The prompt of the task's current attempt, on ``branch``; the same for a local run
+    and for a pull agent (``bosun.server.routes_pull``)."""
+    base = None
+    if task.repo is not None:
+        base = task.base_branch or settings.repos[task.repo].default_branch
+    return build_prompt(
+        task.title,
+        task.body,
+        constraints=task.constraints,
+        validation=task.validation,
+        repo=task.repo,
+        branch=branch,
+        base_branch=base,
+        scope=task.scope,
+        attempt=task.attempt,
+        previous_error=task.error if task.attempt > 1 else None,
+        # a rework run addresses the review that sent the task back (bosun.review)
+        review=task.review_feedback if task.review_count > 0 else None,
+    )
+
+
+async def base_for_prepare(store: Store, task: Task) -> str | None:
+    """The branch a task's worktree starts from: an explicit base branch wins; else a task
+    builds on the branch of its last dependency in the same repository, so a chain of tasks
+    sees each other's work; else None (the repository's default branch)."""
+    if task.base_branch is not None or task.repo is None:
+        return task.base_branch
+    for dep_id in reversed(task.depends_on):
+        dep = await store.get_task(dep_id)
+        if dep.repo == task.repo and dep.branch and dep.commits:
+            return dep.branch
+    return None
+
+
+def workspace_root(provider: Provider, settings: Settings) -> str | None:
+    """Where the workspaces of ``provider``'s host live: its own ``root`` (a remote host's
+    work_dir, known once the provider is ready; None before), else bosun's state dir."""
+    if not hasattr(type(provider), "root"):
+        return str(settings.state_dir)
+    try:
+        root = provider.root  # type: ignore[attr-defined]
+    except BosunError:
+        return None
+    return str(root)
+
+
+def make_workspace(provider: Provider, settings: Settings) -> Workspace:
+    """The ``Workspace`` of a provider's host; ``ProviderError`` while it is not ready."""
+    root = workspace_root(provider, settings)
+    if root is None:
+        raise ProviderError(
+            f"host {provider.name} is not ready yet (bosun has not connected to it)",
+            "wait for the host to answer: `bosun hosts check` shows why it does not",
+        )
+    return Workspace(provider, root, local_root=str(settings.state_dir))
 
 
 def run_key(task_id: int, attempt: int) -> str:
@@ -549,6 +775,11 @@ def _kill_message(kind: ErrorKind, spec: AgentSpec, ctx: Context) -> str:
 
 def _wt_ref(wt: Worktree) -> dict[str, Any]:
     return {"workdir": wt.path, "branch": wt.branch, "base_sha": wt.base_sha, "repo": wt.repo}
+
+
+def _tmux_ref(session: TmuxSession | None) -> dict[str, Any]:
+    """``{"tmux": {"session", "socket"}}`` for a run in tmux mode (read by bosun attach)."""
+    return {} if session is None else {"tmux": session.to_json()}
 
 
 def _wt_from_ref(ref: Mapping[str, Any], task: Task) -> Worktree:

@@ -6,12 +6,13 @@ transaction that writes the new status, so an invalid change never reaches the d
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from bosun.errors import InvalidTransition
-from bosun.models import ErrorKind, Outcome, TaskStatus
+from bosun.models import ErrorKind, Outcome, Task, TaskStatus
 
 S = TaskStatus
 
@@ -31,10 +32,12 @@ TRANSITIONS: Mapping[TaskStatus, frozenset[TaskStatus]] = {
     ),
     S.PAUSED: frozenset({S.QUEUED, S.CANCELLED}),
     S.REVIEW_PENDING: frozenset({S.COMPLETED, S.REWORK, S.CANCELLED, S.NEEDS_INPUT}),
-    S.REWORK: frozenset({S.RUNNING, S.CANCELLED}),
-    S.NEEDS_INPUT: frozenset({S.QUEUED, S.REWORK, S.CANCELLED}),
+    # rework -> completed / needs_input -> completed: the pull request was merged anyway
+    S.REWORK: frozenset({S.RUNNING, S.CANCELLED, S.COMPLETED}),
+    S.NEEDS_INPUT: frozenset({S.QUEUED, S.REWORK, S.CANCELLED, S.REVIEW_PENDING, S.COMPLETED}),
     S.FAILED: frozenset({S.QUEUED}),  # bosun retry
-    S.CANCELLED: frozenset({S.QUEUED}),  # bosun retry
+    # bosun retry; or its pull request was reopened (bosun.review)
+    S.CANCELLED: frozenset({S.QUEUED, S.REVIEW_PENDING}),
     S.COMPLETED: frozenset(),
 }
 
@@ -120,3 +123,47 @@ def after_run(
         f"attempt {attempt} of {max_attempts} failed; retrying in {delay:g}s",
         not_before=now + timedelta(seconds=delay),
     )
+
+
+def settlement(
+    task: Task,
+    outcome: Outcome,
+    commits: Sequence[str],
+    *,
+    now: datetime,
+    backoff_base: float,
+    backoff_cap: float,
+    review: bool = False,
+) -> tuple[Decision, dict[str, Any]]:
+    """Where ``task`` goes after its run ended with ``outcome`` and the task fields to
+    write with that transition (pure): usage and cost added up, new commits appended,
+    the session kept for a resume, the summary, and the error set or cleared.
+
+    Every run is settled through this, whether bosun ran it (``execution.Attempt``) or a
+    pull agent reported it (``PullStore.pull_receipt``). ``review``: a success waits for
+    the review of its pull request (``review_pending``) instead of completing."""
+    decision = after_run(
+        outcome,
+        attempt=task.attempt,
+        max_attempts=task.max_attempts,
+        now=now,
+        backoff_base=backoff_base,
+        backoff_cap=backoff_cap,
+        review=review,
+    )
+    fields: dict[str, Any] = {
+        "tokens_in": task.tokens_in + outcome.tokens_in,
+        "tokens_out": task.tokens_out + outcome.tokens_out,
+        "cost_usd": task.cost_usd + (outcome.cost_usd or 0.0),
+        "commits": tuple(task.commits) + tuple(c for c in commits if c not in task.commits),
+        "not_before": decision.not_before,
+    }
+    if outcome.session_id:
+        fields["session_id"] = outcome.session_id
+    if outcome.success:
+        fields.update(result_summary=outcome.summary, error=None, error_kind=None)
+    else:
+        fields.update(error=outcome.error, error_kind=outcome.error_kind)
+        if outcome.summary:
+            fields["result_summary"] = outcome.summary
+    return decision, fields

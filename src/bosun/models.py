@@ -115,6 +115,11 @@ class Task:
     created_at: datetime
     updated_at: datetime
     last_activity_at: datetime | None
+    # the task's pull request on its repository's forge (see bosun.review)
+    pr_number: int | None = None
+    pr_url: str | None = None
+    pr_head_sha: str | None = None
+    review_feedback: str | None = None  # the review the next (rework) run addresses
 
     def to_json(self) -> JSON:
         """The machine-readable form printed by ``--json`` and served by the API."""
@@ -152,6 +157,10 @@ class Task:
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
             "last_activity_at": _iso(self.last_activity_at),
+            "pr_number": self.pr_number,
+            "pr_url": self.pr_url,
+            "pr_head_sha": self.pr_head_sha,
+            "review_feedback": self.review_feedback,
         }
 
 

@@ -89,6 +89,13 @@ async def check_agent(
         return AgentCheck(
             host, spec.name, program, False, problems=tuple(problems), fixes=tuple(fixes)
         )
+    if spec.tmux and await locate(provider, "tmux") is None:
+        # tmux mode cannot start a run without it: as good as a missing program
+        problems.append(f"tmux is not installed on {host} (agent {spec.name} runs in tmux mode)")
+        fixes.append(f"install tmux on {host}, or set [agents.{spec.name}] tmux = false")
+        return AgentCheck(
+            host, spec.name, program, False, path, problems=tuple(problems), fixes=tuple(fixes)
+        )
     version = None
     argv = spec.version_argv()
     if argv:

@@ -140,8 +140,19 @@ def plan(
 
 
 def _why_no_host(task: Task, hosts: Sequence[HostSlot]) -> str:
-    if task.host is not None and all(h.name != task.host for h in hosts):
-        return f"pinned to host {task.host}, which is not configured"
+    if task.host is not None:
+        pinned = next((h for h in hosts if h.name == task.host), None)
+        if pinned is None:
+            return f"pinned to host {task.host}, which is not configured"
+        if not pinned.enabled:
+            return f"pinned to host {task.host}, which is drained or disabled"
+        if not pinned.healthy:
+            return f"pinned to host {task.host}, which is unhealthy"
+        if not pinned.can_run(task.agent):
+            return (
+                f"pinned to host {task.host}, which cannot run agent {task.agent} "
+                "(not in its agents list, or its CLI is missing there)"
+            )
     if not any(h.enabled for h in hosts):
         return "no host is enabled"
     if not any(h.can_run(task.agent) for h in hosts):

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from bosun import lifecycle, scopes
+from bosun.agents import BUILTIN_AGENTS, AgentSpec
 from bosun.config import Settings
 from bosun.errors import BosunError, InputError
+from bosun.hosts.check import CheckResult
+from bosun.hosts.manage import HostManager
+from bosun.hosts.registry import HostInfo
 from bosun.models import (
     ErrorKind,
     Event,
@@ -50,37 +54,44 @@ SETTLED = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class HostInfo:
-    name: str
-    kind: str
-    enabled: bool
-    healthy: bool
-    max_concurrent: int
-    running: int
-    agents: tuple[str, ...]
-    labels: tuple[str, ...]
+def agent_json(spec: AgentSpec, *, builtin: bool) -> dict[str, Any]:
+    """An agent spec as data (never the values of env variables: they may be secrets)."""
+    return {
+        "name": spec.name,
+        "builtin": builtin,
+        "description": spec.description,
+        "command": list(spec.command),
+        "prompt": spec.prompt.value,
+        "parser": spec.parser,
+        "env_allow": list(spec.env_allow),
+        "env": sorted(spec.env),
+        "resume": list(spec.resume),
+        "resume_command": list(spec.resume_command),
+        "isolated_home": spec.isolated_home,
+        "timeout": spec.timeout,
+        "stall_timeout": spec.stall_timeout,
+        "files": sorted(spec.files),
+    }
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "enabled": self.enabled,
-            "healthy": self.healthy,
-            "max_concurrent": self.max_concurrent,
-            "running": self.running,
-            "agents": list(self.agents),
-            "labels": list(self.labels),
-        }
+
+def agent_rows(settings: Settings) -> list[dict[str, Any]]:
+    """Every configured agent by name, as ``bosun agents list --json`` prints them."""
+    return [agent_json(s, builtin=n in BUILTIN_AGENTS) for n, s in sorted(settings.agents.items())]
 
 
 def make_providers(settings: Settings) -> dict[str, Provider]:
-    """One provider per configured host (only ``local`` hosts exist so far)."""
-    return {
-        name: LocalProvider(name, str(settings.state_dir))
-        for name, host in settings.hosts.items()
-        if host.kind == "local"
-    }
+    """One provider per configured host: ``local`` hosts run here, ``ssh`` hosts over one
+    SSH connection each (connected on first use, not here)."""
+    providers: dict[str, Provider] = {}
+    for name, host in settings.hosts.items():
+        if host.kind == "local":
+            providers[name] = LocalProvider(name, str(settings.state_dir))
+        elif host.kind == "ssh":
+            # asyncssh is imported only when an SSH host is configured.
+            from bosun.providers.ssh import SshProvider
+
+            providers[name] = SshProvider(name, host, str(settings.state_dir))
+    return providers
 
 
 def validate_spec(spec: TaskSpec, settings: Settings) -> TaskSpec:
@@ -174,7 +185,10 @@ class Service:
 
     # -- tasks -------------------------------------------------------------------------
     async def submit(self, spec: TaskSpec) -> Task:
-        spec = validate_spec(spec, self.settings)
+        settings = self.settings
+        if spec.host is not None and spec.host not in settings.hosts:
+            settings = await self._hosts().effective_settings()  # a registered host?
+        spec = validate_spec(spec, settings)
         return await self.store.add_task(spec, max_attempts=self.settings.limits.max_attempts)
 
     async def get(self, task_id: int) -> Task:
@@ -205,7 +219,11 @@ class Service:
             for r in await self.store.list_runs(task.id)
             if r.status in (RunStatus.STARTING, RunStatus.RUNNING) and "pgid" in r.ref
         ]
-        providers = make_providers(self.settings)
+        try:
+            settings = await self._hosts().effective_settings()  # registered hosts too
+        except BosunError:
+            settings = self.settings
+        providers = make_providers(settings)
         try:
             for run in runs:
                 provider = providers.get(run.host)
@@ -283,25 +301,38 @@ class Service:
                     continue
             await self.store.wait_for_change(poll)
 
-    # -- hosts -------------------------------------------------------------------------
+    # -- agents and hosts --------------------------------------------------------------
+    async def agents(self) -> list[dict[str, Any]]:
+        """Every configured agent (see ``agent_json``)."""
+        return agent_rows(self.settings)
+
     async def hosts(self) -> list[HostInfo]:
-        running = await self.store.running()
-        load: Mapping[str, int] = {
-            name: sum(1 for t in running if t.assigned_host == name) for name in self.settings.hosts
-        }
-        return [
-            HostInfo(
-                name=name,
-                kind=h.kind,
-                enabled=h.enabled,
-                healthy=True,
-                max_concurrent=h.max_concurrent,
-                running=load[name],
-                agents=tuple(h.agents) or tuple(sorted(self.settings.agents)),
-                labels=tuple(h.labels),
-            )
-            for name, h in self.settings.hosts.items()
-        ]
+        """Every host (bosun.toml and registered) with its state and load."""
+        return await self._hosts().infos()
+
+    async def host(self, name: str) -> HostInfo:
+        return await self._hosts().info(name)
+
+    async def add_host(
+        self, name: str, fields: Mapping[str, Any], *, source: str = "cli", check: bool = True
+    ) -> HostInfo:
+        """Register a host (``HostConfig`` fields); with ``check`` it must answer first."""
+        return await self._hosts().add(name, fields, source=source, check=check)
+
+    async def remove_host(self, name: str, *, force: bool = False) -> HostInfo:
+        return await self._hosts().remove(name, force=force)
+
+    async def drain_host(self, name: str) -> HostInfo:
+        return await self._hosts().drain(name)
+
+    async def enable_host(self, name: str) -> HostInfo:
+        return await self._hosts().enable(name)
+
+    async def check_host(self, name: str) -> CheckResult:
+        return await self._hosts().check(name)
+
+    def _hosts(self) -> HostManager:
+        return HostManager(self.settings, self.store, make_providers)
 
 
 def dispatch_mode(mode: str) -> ExecutionMode:

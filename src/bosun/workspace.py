@@ -12,6 +12,10 @@ The mirror keeps origin's branches as remote-tracking refs (``+refs/heads/*:
 refs/remotes/origin/*``), not in ``refs/heads``: a ``fetch --prune`` into ``refs/heads``
 would delete unpushed task branches and fail on branches checked out in worktrees.
 Cleanup is fail-closed: a worktree with uncommitted or unpushed work is never removed.
+
+Commits travel between the mirror and the repository's url with the host's own git, or,
+for a host that cannot reach the url, through bosun's connection to the host as git
+bundles (``RepoSpec.transport``; see :mod:`bosun.workspace_transport`).
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bosun.errors import ConfigError, WorkspaceError
+from bosun.errors import ConfigError, ProviderError, WorkspaceError
 from bosun.providers.base import ExecResult, Provider
+from bosun.providers.local import LocalProvider
+from bosun.workspace_transport import Transport
 
 SLUG_MAX = 40
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -34,6 +40,10 @@ _URL_CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
 # No credential prompt may ever block a headless fetch or push.
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0"}
 _IDENTITY = {"user.name": "bosun", "user.email": "bosun@localhost"}
+#: Values of ``RepoSpec.transport`` (see bosun.workspace_transport).
+TRANSPORTS = ("auto", "git", "bosun")
+#: A push that reached the url and was refused: pushing it through bosun would not help.
+_REJECTED = re.compile(r"\[(remote )?rejected\]|non-fast-forward|fetch first|hook declined")
 # Appends a line to a file unless present; a constant, the data arrive as "$1" and "$2".
 _APPEND_ONCE = 'grep -qxF -- "$1" "$2" 2>/dev/null || printf "%s\\n" "$1" >>"$2"'
 
@@ -68,6 +78,9 @@ class RepoSpec:
     copy_files: tuple[str, ...] = ()  # relative to the dir holding bosun.toml; never committed
     setup: tuple[str, ...] | None = None  # argv run in each fresh worktree
     push: bool = True
+    #: how commits travel between the host and the url: "auto" (the host's git, and
+    #: bosun's own connection when the host cannot reach the url), "git" or "bosun"
+    transport: str = "auto"
 
     def __post_init__(self) -> None:
         if not _NAME_RE.fullmatch(self.name):
@@ -81,6 +94,11 @@ class RepoSpec:
             raise ConfigError(
                 f"repository {self.name!r} has an invalid default_branch {self.default_branch!r}",
                 hint="set default_branch to the name of an existing branch, e.g. main",
+            )
+        if self.transport not in TRANSPORTS:
+            raise ConfigError(
+                f"repository {self.name!r} has an unknown transport {self.transport!r}",
+                'use transport = "auto", "git" or "bosun"',
             )
         for rel in self.copy_files:
             _check_relative(rel, self.name)
@@ -130,7 +148,12 @@ class Workspace:
         git_timeout: float = 120.0,
         network_timeout: float = 600.0,
         setup_timeout: float = 3600.0,
+        local_root: str | None = None,
+        local_provider: Provider | None = None,
     ) -> None:
+        """``local_root`` (default: ``root``) is bosun's state directory on this machine and
+        ``local_provider`` (default: a LocalProvider) runs git here: both are used only
+        when commits travel through bosun (see :mod:`bosun.workspace_transport`)."""
         if not posixpath.isabs(root):
             raise WorkspaceError(
                 f"workspace root {root!r} is not an absolute path",
@@ -144,6 +167,13 @@ class Workspace:
         # Mirror operations of one repository are serialized within this process; git's
         # own lock files (and the atomic clone rename) cover other processes.
         self._locks: dict[str, asyncio.Lock] = {}
+        self._local_root = posixpath.normpath(local_root) if local_root else self._root
+        self._local_provider = local_provider
+        self._transport: Transport | None = None
+        # transport = "auto": repositories whose url this host could not reach (until
+        # bosun restarts), so that a slow network failure is not waited for every time
+        self._fetch_via_bosun: set[str] = set()
+        self._push_via_bosun: set[str] = set()
 
     def mirror_path(self, repo: str) -> str:
         """The bare mirror of repository ``repo``."""
@@ -242,21 +272,8 @@ class Workspace:
         )
         commits = listed.stdout.split()
         if push and commits:
-            ref = f"refs/heads/{wt.branch}"
             async with self._lock(wt.repo):
-                res = await self._git(
-                    self.mirror_path(wt.repo),
-                    ["push", "-q", "origin", f"{ref}:{ref}"],
-                    check=False,
-                    network=True,
-                    what="",
-                )
-            if not res.ok:
-                raise WorkspaceError(
-                    f"pushing {wt.branch} of repository {wt.repo!r} failed: {_tail(res.stderr)}",
-                    hint="check the credentials and network for the repository's url; the "
-                    f"commits stay on branch {wt.branch} in {wt.path}",
-                )
+                await self._push(wt)
         return commits
 
     async def dirty(self, wt: Worktree) -> bool:
@@ -369,12 +386,14 @@ class Workspace:
         if not await self._exists(mirror):
             await self._clone(repo, mirror)
             return
-        url = await self._git(mirror, ["remote", "get-url", "origin"], what="reading origin")
-        if url.stdout.strip() != repo.url:
+        url, transport = await self._origin(mirror)
+        if url != repo.url:
             await self._git(
                 mirror, ["remote", "set-url", "origin", "--", repo.url], what="updating origin"
             )
-        await self._fetch(repo, mirror)
+        if transport != repo.transport:
+            await self._set_transport(mirror, repo.transport)
+        await self._sync(repo, mirror)
 
     async def _clone(self, repo: RepoSpec, mirror: str) -> None:
         # Built aside and renamed into place, so nobody ever sees a half-made mirror.
@@ -385,7 +404,8 @@ class Workspace:
             await self._run(["git", "init", "-q", "--bare", tmp], what="creating the mirror")
             # After "--" the url is never an option, whatever it starts with.
             await self._git(tmp, ["remote", "add", "origin", "--", repo.url], what="adding origin")
-            await self._fetch(repo, tmp)
+            await self._set_transport(tmp, repo.transport)
+            await self._sync(repo, tmp)
             await self._run(["mv", "--", tmp, mirror], what="moving the mirror into place")
         except BaseException:
             await self._run(["rm", "-rf", "--", tmp], check=False, what="")
@@ -393,6 +413,81 @@ class Workspace:
         # Another bosun made the mirror meanwhile: mv then put ours inside it. Drop ours.
         nested = posixpath.join(mirror, posixpath.basename(tmp))
         await self._run(["rm", "-rf", "--", nested], check=False, what="")
+
+    async def _origin(self, mirror: str) -> tuple[str, str]:
+        """The mirror's origin url and its transport (one git command: a hot path)."""
+        keys = r"^(remote\.origin\.url|bosun\.transport)$"
+        res = await self._git(mirror, ["config", "--get-regexp", keys], check=False, what="")
+        found = dict(line.partition(" ")[::2] for line in res.stdout.splitlines())
+        return found.get("remote.origin.url", ""), found.get("bosun.transport", "auto")
+
+    async def _set_transport(self, mirror: str, transport: str) -> None:
+        # Kept in the mirror so that a finish after a restart still knows it.
+        await self._git(
+            mirror, ["config", "bosun.transport", transport], what="recording the transport"
+        )
+
+    def _bosun(self) -> Transport:
+        if self._transport is None:
+            local = self._local_provider or LocalProvider("bosun", self._local_root)
+            orchestrator = Workspace(
+                local,
+                posixpath.join(self._local_root, "transport"),
+                git_timeout=self._git_timeout,
+                network_timeout=self._network_timeout,
+            )
+            self._transport = Transport(self, orchestrator)
+        return self._transport
+
+    async def _sync(self, repo: RepoSpec, repo_dir: str) -> None:
+        """origin's branches into ``repo_dir``: the host's git, or bosun's connection."""
+        if repo.transport == "bosun" or repo.name in self._fetch_via_bosun:
+            await self._bosun().fetch(repo, repo_dir)
+            return
+        try:
+            await self._fetch(repo, repo_dir)
+        except (WorkspaceError, ProviderError) as exc:
+            if repo.transport != "auto":
+                raise
+            try:
+                await self._bosun().fetch(repo, repo_dir)
+            except (WorkspaceError, ProviderError) as second:
+                raise WorkspaceError(
+                    f"{exc.message}; moving the commits through bosun failed too: {second.message}",
+                    hint=second.hint,
+                ) from second
+            self._fetch_via_bosun.add(repo.name)
+
+    async def _push(self, wt: Worktree) -> None:
+        """Push the task branch: with the host's git, or through bosun (see _sync)."""
+        assert wt.repo is not None and wt.branch is not None
+        mirror = self.mirror_path(wt.repo)
+        url, transport = await self._origin(mirror)
+        repo = RepoSpec(name=wt.repo, url=url or "-", transport=transport)
+        if transport == "bosun" or wt.repo in self._push_via_bosun | self._fetch_via_bosun:
+            await self._bosun().push(repo, mirror, wt.branch)
+            return
+        ref = f"refs/heads/{wt.branch}"
+        res = await self._git(
+            mirror, ["push", "-q", "origin", f"{ref}:{ref}"], check=False, network=True, what=""
+        )
+        if res.ok:
+            return
+        failed = WorkspaceError(
+            f"pushing {wt.branch} of repository {wt.repo!r} failed: {_tail(res.stderr)}",
+            hint="check the credentials and network for the repository's url; the "
+            f"commits stay on branch {wt.branch} in {wt.path}",
+        )
+        if transport != "auto" or _REJECTED.search(res.stderr):
+            raise failed  # the url was reached and said no: bosun would hear the same
+        try:
+            await self._bosun().push(repo, mirror, wt.branch)
+        except (WorkspaceError, ProviderError) as second:
+            raise WorkspaceError(
+                f"{failed.message}; pushing through bosun failed too: {second.message}",
+                hint=f"{second.hint}; the commits stay on branch {wt.branch} in {wt.path}",
+            ) from second
+        self._push_via_bosun.add(wt.repo)
 
     async def _fetch(self, repo: RepoSpec, repo_dir: str) -> None:
         res = await self._git(

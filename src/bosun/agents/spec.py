@@ -46,6 +46,12 @@ Files
 ``"home/.gemini/settings.json"`` (CLIs read their settings from their home). A provider
 writes them before starting the command, creating sub-directories as needed. The isolated
 home directory itself (``{run_dir}/home``) is created by the provider, not listed here.
+
+Tmux mode
+---------
+With ``tmux = true`` the built command carries a :class:`~bosun.providers.base.TmuxSession`
+named after the run key (the run directory's name): the provider starts the run inside that
+detached tmux session (see :mod:`bosun.providers.tmux`), and ``bosun attach`` joins it.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ from typing import NoReturn
 from bosun.agents.parsers import PARSERS
 from bosun.errors import ConfigError, InputError
 from bosun.providers.base import Command
+from bosun.providers.tmux import session_for_run
 
 __all__ = ["DEFAULT_ENV_ALLOW", "AgentSpec", "PromptDelivery"]
 
@@ -104,7 +111,9 @@ _XDG = {
 }
 _PROMPT_FILE = "prompt.md"
 #: Run-dir names a provider writes itself (see bosun.providers.local).
-_RUN_DIR_NAMES = frozenset({_PROMPT_FILE, "cmd.json", "stdin", "stdout", "stderr", "pid", "exit"})
+_RUN_DIR_NAMES = frozenset(
+    {_PROMPT_FILE, "cmd.json", "stdin", "stdout", "stderr", "pid", "exit", "tmux.sock"}
+)
 _RUN_VALUES = frozenset({"workdir", "run_dir", "home", "python"})
 _RESERVED = _RUN_VALUES | {"prompt", "prompt_file", "session_id", "resume"}
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -138,6 +147,8 @@ class AgentSpec:
     vars: Mapping[str, str] = field(default_factory=dict)
     files: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    #: tmux mode: each run starts inside a detached tmux session (``bosun attach``)
+    tmux: bool = False
 
     def __post_init__(self) -> None:
         # Accept lists and plain strings from callers (config), store immutable values.
@@ -208,7 +219,8 @@ class AgentSpec:
         if self.isolated_home and not any(p.startswith("home/") for p in files):
             # the provider creates a file's parent directories: this makes HOME exist
             files["home/.bosun-home"] = b"This directory is the agent's HOME for one run.\n"
-        return Command(argv=argv, cwd=workdir, env=env, stdin=stdin, files=files)
+        session = session_for_run(run_dir) if self.tmux else None
+        return Command(argv=argv, cwd=workdir, env=env, stdin=stdin, files=files, tmux=session)
 
     def version_argv(self) -> tuple[str, ...]:
         """``version_command`` with ``{python}`` and ``vars`` filled in (for preflight)."""

@@ -20,6 +20,27 @@ Stream = Literal["stdout", "stderr"]
 
 
 @dataclass(frozen=True, slots=True)
+class TmuxSession:
+    """Tmux mode: the run starts inside this detached tmux session (see bosun.providers.tmux).
+
+    ``socket`` is an absolute path (``tmux -S``) or a bare socket name (``tmux -L``, in
+    tmux's private per-user directory), on the host the run is on.
+    """
+
+    name: str
+    socket: str
+    width: int = 200
+    height: int = 50
+
+    def socket_args(self) -> list[str]:
+        """The tmux options that select this session's server."""
+        return ["-S", self.socket] if self.socket.startswith("/") else ["-L", self.socket]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"session": self.name, "socket": self.socket}
+
+
+@dataclass(frozen=True, slots=True)
 class Command:
     """A fully resolved agent invocation: argv (never a shell string), env, cwd, stdin."""
 
@@ -28,6 +49,8 @@ class Command:
     env: Mapping[str, str] = field(default_factory=dict)
     stdin: bytes | None = None  # written to the run dir and fed on stdin; None: /dev/null
     files: Mapping[str, bytes] = field(default_factory=dict)  # run-dir-relative name -> bytes
+    #: tmux mode: start the run inside this session (a provider honours it at launch)
+    tmux: TmuxSession | None = None
 
 
 @dataclass(frozen=True, slots=True)

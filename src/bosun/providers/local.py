@@ -20,6 +20,9 @@ Signals: the wrapper traps HUP, INT and TERM with a no-op, so a signal sent to t
 (``cancel``) ends the agent while the wrapper lives on to record its code (143 for TERM).
 Should the wrapper itself die first (SIGKILL), the reaper or ``cancel`` records the code.
 A program that cannot be found ends the run with 127 and sh's "not found" line on stderr.
+
+Tmux mode (``Command.tmux``) starts the run inside a detached tmux session instead; the
+pane runs the same protocol (see :mod:`bosun.providers.tmux`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bosun.errors import ProviderError
+from bosun.providers import tmux
 from bosun.providers.base import Command, ExecResult, OutputChunk, RunHandle, Stream
 
 # A constant shell text: task data never enters it, it arrives only as "$@".
@@ -337,6 +341,11 @@ class LocalProvider:
         """Start ``command`` detached, its output and exit code going to ``run_dir``."""
         # File writes and the spawn block briefly: keep them off the event loop.
         run_dir, pid = await asyncio.to_thread(self._spawn, command, run_dir)
+        if command.tmux is not None:
+            # The spawned process only starts the tmux session; the run is the pane's group.
+            await asyncio.to_thread(os.waitpid, pid, 0)
+            pgid = await asyncio.to_thread(_read_pid, run_dir)
+            return LocalRun(run_dir, pgid, pgid)
         self._reapers[pid] = asyncio.get_running_loop().create_task(
             self._reap(pid, run_dir), name=f"bosun-reap-{pid}"
         )
@@ -363,8 +372,13 @@ class LocalProvider:
                 hint="check free space and permissions of bosun's state directory",
             ) from exc
         keep_pwd = "1" if "PWD" in command.env else "0"
-        argv = [self._sh, "-c", WRAPPER_SCRIPT, "bosun-run", run_dir, cwd, keep_pwd]
-        argv += command.argv
+        if command.tmux is not None:
+            argv = tmux.start_argv(
+                self._sh, command.tmux, run_dir, cwd, "PWD" in command.env, command.argv
+            )
+        else:
+            argv = [self._sh, "-c", WRAPPER_SCRIPT, "bosun-run", run_dir, cwd, keep_pwd]
+            argv += command.argv
         append = os.O_WRONLY | os.O_APPEND
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),

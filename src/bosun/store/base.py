@@ -15,12 +15,13 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from bosun.models import Event, NewEvent, Run, RunStatus, Task, TaskSpec, TaskStatus
+from bosun.hosts.records import HostRecord
+from bosun.models import Event, NewEvent, Outcome, Run, RunStatus, Task, TaskSpec, TaskStatus
 
 #: ``claim_batch``'s planner: (offered runnable tasks, running tasks) -> (task id, host) picks.
 Chooser = Callable[[Sequence[Task], Sequence[Task]], Sequence[tuple[int, str]]]
@@ -45,6 +46,10 @@ TASK_FIELDS = frozenset(
         "lease_owner",
         "lease_expires_at",
         "last_activity_at",
+        "pr_number",
+        "pr_url",
+        "pr_head_sha",
+        "review_feedback",
     }
 )
 
@@ -234,4 +239,261 @@ class Store(Protocol):
         ...
 
 
-__all__ = ["RUN_FIELDS", "TASK_FIELDS", "Chooser", "RunStatus", "Store", "TaskFilter"]
+#: The kinds of API token: ``admin`` may do everything; ``agent`` is one pull agent.
+TOKEN_KINDS = ("admin", "agent")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """A stored API token (never its secret: only a SHA-256 of it is stored)."""
+
+    id: int
+    name: str
+    kind: str  # "admin" | "agent"
+    agent: str | None  # the pull-agent identity of an ``agent`` token
+    capabilities: tuple[str, ...]  # agent names (claude, codex, ...) it may run
+    prefix: str  # the secret's first characters, to tell tokens apart in lists
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.kind == "admin"
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "agent": self.agent,
+            "capabilities": list(self.capabilities),
+            "prefix": self.prefix,
+            "created_at": self.created_at.isoformat(),
+            "last_used_at": None if self.last_used_at is None else self.last_used_at.isoformat(),
+            "revoked_at": None if self.revoked_at is None else self.revoked_at.isoformat(),
+        }
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """API tokens of the HTTP server (``bosun.store.sql_tokens``)."""
+
+    async def create_token(
+        self,
+        name: str,
+        kind: str,
+        *,
+        agent: str | None = None,
+        capabilities: Sequence[str] = (),
+    ) -> tuple[ApiToken, str]:
+        """Store a new token and return it with its secret: the only time the secret is
+        seen. Names are unique among tokens that are not revoked (``InputError``)."""
+        ...
+
+    async def list_tokens(self, *, include_revoked: bool = False) -> list[ApiToken]:
+        """Tokens by ascending id."""
+        ...
+
+    async def get_token(self, ident: int | str) -> ApiToken:
+        """A token by id or by name (the live one of that name); ``NotFound`` if none."""
+        ...
+
+    async def revoke_token(self, ident: int | str) -> ApiToken:
+        """Revoke a token by id or name (idempotent); ``NotFound`` if there is none."""
+        ...
+
+    async def authenticate_token(self, secret: str) -> ApiToken | None:
+        """The live token whose secret this is, else ``None``; records ``last_used_at``
+        (at most about once a minute per token)."""
+        ...
+
+
+@runtime_checkable
+class HostStore(Protocol):
+    """The host registry's rows (``bosun.store.sql_hosts``): hosts added at run time and
+    the state (drained, capabilities, health) of every host. Suite:
+    ``tests/contract_hosts.py``."""
+
+    async def list_hosts(self) -> list[HostRecord]:
+        """Every row, by name."""
+        ...
+
+    async def get_host(self, name: str) -> HostRecord:
+        """``NotFound`` when there is no row."""
+        ...
+
+    async def add_host(
+        self,
+        name: str,
+        *,
+        source: str,
+        config: dict[str, Any],
+        capabilities: dict[str, Any] | None = None,
+        health: str = "unknown",
+        health_error: str | None = None,
+        checked_at: datetime | None = None,
+    ) -> HostRecord:
+        """Register a host (source "cli" or "api"); ``InputError`` when one of that name is
+        registered already. A state-only row (source "config") of that name is replaced."""
+        ...
+
+    async def remove_host(self, name: str) -> HostRecord:
+        """Delete a row and return it; ``NotFound`` when there is none."""
+        ...
+
+    async def update_host(self, name: str, *, create: bool = False, **fields: Any) -> HostRecord:
+        """Set drained, capabilities, health, health_error or checked_at. ``create``: make
+        a missing row as a config host's state row (else ``NotFound``)."""
+        ...
+
+    async def record_health(
+        self, name: str, *, healthy: bool, error: str | None = None, now: datetime | None = None
+    ) -> HostRecord:
+        """Store a health check's result; a change to unhealthy appends ``host.unhealthy``,
+        from unhealthy to healthy ``host.healthy``, once, in the same transaction."""
+        ...
+
+    async def host_runs(self, host: str, statuses: Collection[RunStatus]) -> list[Run]:
+        """Runs on ``host`` in one of ``statuses``, by id."""
+        ...
+
+
+@runtime_checkable
+class PullStore(Protocol):
+    """The pull protocol (``bosun.store.sql_pull``): agents outside bosun take
+    ``http_pull`` tasks, report progress under a lease and hand in the result."""
+
+    async def dequeue(
+        self,
+        agent: str,
+        capabilities: Collection[str],
+        *,
+        lease_seconds: float,
+        now: datetime,
+    ) -> Task | None:
+        """Atomically take the first runnable (queued or rework, ``not_before`` passed)
+        ``http_pull`` task whose agent is in ``capabilities`` and whose scope does not
+        collide with a running task, by priority then id: ``running``, ``attempt + 1``,
+        ``assigned_host`` ``pull:<agent>``, a lease whose id (``pull:<agent>:<random>``)
+        is the returned ``lease_owner``, a pull run and a ``task.status`` event. Each task
+        goes to exactly one caller however many dequeue at once; ``None`` when none fits."""
+        ...
+
+    async def pull_status(
+        self,
+        task_id: int,
+        lease: str,
+        *,
+        now: datetime,
+        lease_seconds: float,
+        events: Sequence[NewEvent] = (),
+        first_seq: int | None = None,
+        agent: str | None = None,
+    ) -> Task:
+        """Extend the lease to ``now + lease_seconds`` and append ``events`` (kinds
+        ``run.*``, ``agent.*``, ``workspace.*``, ``pull.*``; else ``InputError``) to the
+        task and its pull run; with ``first_seq`` events already received are skipped.
+        ``LeaseLost`` when the lease no longer holds the task (expired, cancelled,
+        settled); ``Forbidden`` for a dispatch-mode task or one ``agent`` never held."""
+        ...
+
+    async def pull_receipt(
+        self,
+        task_id: int,
+        lease: str,
+        outcome: Outcome,
+        *,
+        now: datetime,
+        backoff_base: float,
+        backoff_cap: float,
+        commits: Sequence[str] = (),
+        branch: str | None = None,
+        exit_code: int | None = None,
+        agent: str | None = None,
+        review: bool = False,
+    ) -> Task:
+        """Settle the task like a local run (``lifecycle.settlement``; ``review``: a
+        success goes to ``review_pending``) with usage, cost,
+        commits, branch and session; end the pull run; clear the lease. Errors as
+        ``pull_status``; a receipt already recorded for this lease returns the task."""
+        ...
+
+    async def expire_pull_leases(self, now: datetime) -> list[Task]:
+        """Running ``http_pull`` tasks whose lease expired before ``now`` settle as a lost
+        run (``queued`` again, or ``failed`` after the last attempt), with an event."""
+        ...
+
+    async def mirror_task(self, task: Task) -> Task:
+        """Write a copy of another store's task under its own id (the pull worker's)."""
+        ...
+
+
+@runtime_checkable
+class ForgeStore(Protocol):
+    """The review loop's rows (``bosun.store.sql_forge``): forge webhook deliveries already
+    handled, tasks by pull request, and outgoing notifications sent once."""
+
+    async def record_delivery(
+        self,
+        delivery_id: str,
+        *,
+        forge: str,
+        event: str,
+        repo: str | None = None,
+        now: datetime | None = None,
+    ) -> bool:
+        """Remember a delivery id; ``False`` when it was recorded before. Of concurrent
+        callers with one id exactly one gets ``True``."""
+        ...
+
+    async def finish_delivery(
+        self, delivery_id: str, *, outcome: str, task_id: int | None = None
+    ) -> None:
+        """Note what a recorded delivery did."""
+        ...
+
+    async def forget_delivery(self, delivery_id: str) -> None:
+        """Drop a recorded delivery (its handling failed: the forge's retry must count)."""
+        ...
+
+    async def delivery(self, delivery_id: str) -> dict[str, Any] | None:
+        """A recorded delivery (its forge, event, repo, task_id, outcome), or None."""
+        ...
+
+    async def task_for_pull(self, repo: str, number: int) -> Task | None:
+        """The task whose pull request on bosun repo ``repo`` has number ``number``."""
+        ...
+
+    async def claim_notification(self, key: str, *, event_id: int, task_id: int | None) -> bool:
+        """Take the sending of the notification ``key``; ``False`` when it is taken."""
+        ...
+
+    async def finish_notification(self, key: str, *, sent: bool, error: str | None = None) -> None:
+        """Record one attempt at sending a claimed notification."""
+        ...
+
+    async def notification_cursor(self) -> int:
+        """The newest event id any notification was made for (0: none yet)."""
+        ...
+
+
+__all__ = [
+    "RUN_FIELDS",
+    "TASK_FIELDS",
+    "TOKEN_KINDS",
+    "ApiToken",
+    "Chooser",
+    "ForgeStore",
+    "HostRecord",
+    "HostStore",
+    "PullStore",
+    "RunStatus",
+    "Store",
+    "TaskFilter",
+    "TokenStore",
+]

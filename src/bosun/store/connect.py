@@ -12,6 +12,14 @@ SQLite is set up for several bosun processes on one file:
   so a write transaction holds the write lock from its first statement and concurrent
   claimers serialise instead of failing on a lock upgrade; plain ``BEGIN`` for reads of
   several statements, and none for a single SELECT (``SINGLE_READ_OPTION``).
+
+PostgreSQL (``postgresql://``, ``postgres://`` or ``postgresql+asyncpg://`` URLs, all run
+through asyncpg) needs none of that: its transactions are READ COMMITTED, and what SQLite's
+single writer gave for free is done with locks (see ``bosun.store.dialects``). The engine
+checks a pooled connection before handing it out (``pool_pre_ping``), so a restarted
+server costs nothing but a reconnect; a connection attempt gives up after
+``CONNECT_TIMEOUT`` seconds. Migrations run under an advisory lock, so replicas starting
+together upgrade the schema once.
 """
 
 from __future__ import annotations
@@ -28,6 +36,12 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bosun.errors import StoreError
+from bosun.store.dialects import (
+    CONNECT_TIMEOUT,
+    SERVER_SETTINGS,
+    describe_postgres_error,
+    ops_for,
+)
 from bosun.store.sql import SqlStore
 from bosun.store.sql_base import SINGLE_READ_OPTION, WRITE_OPTION
 
@@ -37,12 +51,17 @@ if TYPE_CHECKING:
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: The newest revision in MIGRATIONS_DIR (a test keeps the two in step). A database already
 #: there is opened without importing alembic, which saves a CLI call a quarter second.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 BUSY_TIMEOUT_MS = 10_000
 _URL_HINT = (
     "use a URL like sqlite:///path/to/bosun.db (in bosun.toml, a relative path is relative "
-    "to the directory of bosun.toml)"
+    "to the directory of bosun.toml) or postgresql://user:password@host:5432/dbname"
 )
+#: The URL schemes of PostgreSQL that bosun accepts; all of them run through asyncpg.
+_POSTGRES_DRIVERS = ("postgresql", "postgres", "postgresql+asyncpg")
+#: Pool of each PostgreSQL engine: the dispatcher's runs write and read concurrently.
+PG_POOL_SIZE = 10
+PG_MAX_OVERFLOW = 10
 
 _PRAGMAS = (
     f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
@@ -55,7 +74,9 @@ _PRAGMAS = (
 async def open_store(url: str, *, poll_interval: float = 0.25) -> SqlStore:
     """Open (creating it if needed) the database at ``url``, apply pending migrations and
     return the store. ``StoreError`` says what was wrong with the URL or the database."""
-    engine = sqlite_engine(parse_url(url))
+    parsed = parse_url(url)
+    engine = postgres_engine(parsed) if parsed.get_backend_name() == "postgresql" else None
+    engine = engine or sqlite_engine(parsed)
     try:
         await migrate(engine)
     except BaseException:
@@ -73,6 +94,8 @@ def parse_url(url: str) -> URL:
         scheme = url.split("://", 1)[0] if "://" in url else url[:20]
         raise StoreError(f"cannot parse the database URL (starting {scheme!r})", _URL_HINT) from exc
     shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() in ("postgresql", "postgres"):
+        return _postgres_url(parsed, shown)
     if parsed.get_backend_name() != "sqlite":
         raise StoreError(
             f"database URL {shown}: {parsed.get_backend_name()} is not supported yet", _URL_HINT
@@ -99,6 +122,37 @@ def parse_url(url: str) -> URL:
             "choose a path in a writable directory",
         ) from exc
     return parsed.set(database=str(path))
+
+
+def _postgres_url(parsed: URL, shown: str) -> URL:
+    if parsed.drivername not in _POSTGRES_DRIVERS:
+        raise StoreError(
+            f"database URL {shown}: driver {parsed.drivername} is not supported",
+            "bosun talks to PostgreSQL through asyncpg: write postgresql://... "
+            "(or postgresql+asyncpg://...)",
+        )
+    if not parsed.database:
+        raise StoreError(
+            f"database URL {shown} names no database",
+            "add the database name: postgresql://user@host:5432/dbname "
+            "(create it first with `createdb dbname`)",
+        )
+    return parsed.set(drivername="postgresql+asyncpg")
+
+
+def postgres_engine(url: URL) -> AsyncEngine:
+    """An async engine on PostgreSQL through asyncpg, with bosun's pool settings."""
+    connect_args: dict[str, Any] = {"server_settings": dict(SERVER_SETTINGS)}
+    if "timeout" not in url.query:
+        connect_args["timeout"] = CONNECT_TIMEOUT
+    return create_async_engine(
+        url,
+        json_serializer=functools.partial(json.dumps, allow_nan=False),
+        pool_pre_ping=True,
+        pool_size=PG_POOL_SIZE,
+        max_overflow=PG_MAX_OVERFLOW,
+        connect_args=connect_args,
+    )
 
 
 def sqlite_engine(url: URL) -> AsyncEngine:
@@ -166,6 +220,9 @@ def _upgrade(conn: Connection) -> None:
 
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to the newest revision, in one write transaction."""
+    if engine.dialect.name == "postgresql":
+        await _migrate_postgres(engine)
+        return
     try:
         async with engine.connect() as conn:
             if await conn.run_sync(_schema_version) == HEAD_REVISION:
@@ -181,3 +238,20 @@ async def migrate(engine: AsyncEngine) -> None:
             "check that the path is a bosun SQLite database (or does not exist yet) and "
             "that its directory is writable",
         ) from exc
+
+
+async def _migrate_postgres(engine: AsyncEngine) -> None:
+    """PostgreSQL: the check and the upgrade, under an advisory lock (DDL is transactional
+    there, so the whole upgrade is one transaction too). Connection errors, a missing
+    database and failed authentication become ``StoreError``s saying what to do."""
+    try:
+        async with engine.connect() as conn:
+            if await conn.run_sync(_schema_version) == HEAD_REVISION:
+                return
+        async with engine.connect() as conn, conn.begin():
+            # A second process opening the database at the same moment waits here, then
+            # finds the schema at head (alembic re-reads alembic_version after the lock).
+            await ops_for(engine).lock_for_migration(conn)
+            await conn.run_sync(_upgrade)
+    except (DBAPIError, OSError, TimeoutError) as exc:
+        raise describe_postgres_error(exc, engine.url, "open") from exc

@@ -49,6 +49,10 @@ _KINDS: Mapping[str, str] = {
     "lease_owner": "str?",
     "lease_expires_at": "datetime?",
     "last_activity_at": "datetime?",
+    "pr_number": "int?",
+    "pr_url": "str?",
+    "pr_head_sha": "str?",
+    "review_feedback": "str?",
     "status": "run_status",
     "ref": "json",
     "exit_code": "int?",
@@ -235,6 +239,10 @@ def task_from_row(row: RowMapping) -> Task:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         last_activity_at=row["last_activity_at"],
+        pr_number=row["pr_number"],
+        pr_url=row["pr_url"],
+        pr_head_sha=row["pr_head_sha"],
+        review_feedback=row["review_feedback"],
     )
 
 

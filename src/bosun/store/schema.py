@@ -113,6 +113,11 @@ tasks = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("last_activity_at", UTCDateTime, nullable=True),
+    # the task's pull request (migration 0003, see bosun.review)
+    sa.Column("pr_number", sa.Integer, nullable=True),
+    sa.Column("pr_url", sa.Text, nullable=True),
+    sa.Column("pr_head_sha", sa.String(64), nullable=True),
+    sa.Column("review_feedback", sa.Text, nullable=True),
     sqlite_autoincrement=True,
 )
 
@@ -131,6 +136,8 @@ sa.Index("ix_tasks_status_not_before", tasks.c.status, tasks.c.not_before)
 sa.Index("ix_tasks_status_lease_expires_at", tasks.c.status, tasks.c.lease_expires_at)
 # list_tasks(repo=...) pages by id within one repository.
 sa.Index("ix_tasks_repo_id", tasks.c.repo, tasks.c.id)
+# A forge event names a pull request: its task.
+sa.Index("ix_tasks_repo_pr_number", tasks.c.repo, tasks.c.pr_number)
 
 runs = sa.Table(
     "runs",
@@ -206,4 +213,44 @@ hosts = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
-__all__ = ["UTCDateTime", "events", "hosts", "metadata", "runs", "tasks", "tokens"]
+# Forge webhook deliveries already handled (and review ids the polling fallback handled),
+# so that a delivery the forge sends again changes nothing the second time.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("delivery_id", sa.String(200), primary_key=True),  # "<forge>:<id>"
+    sa.Column("forge", sa.String(16), nullable=False),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("repo", sa.Text, nullable=True),  # the bosun repo it was for
+    sa.Column("task_id", sa.Integer, nullable=True),
+    sa.Column("outcome", sa.Text, nullable=True),  # what bosun did with it
+    sa.Column("received_at", UTCDateTime, nullable=False),
+)
+
+# Outgoing notifications: one row per (task status change, target); ``key`` makes each one
+# go out once however many bosun processes follow the event log.
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("event_id", sa.Integer, nullable=False),  # the task.status event
+    sa.Column("task_id", sa.Integer, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),  # "sending" | "sent" | "failed"
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("sent_at", UTCDateTime, nullable=True),
+)
+sa.Index("ix_notifications_event_id", notifications.c.event_id)
+
+__all__ = [
+    "UTCDateTime",
+    "events",
+    "hosts",
+    "metadata",
+    "notifications",
+    "runs",
+    "tasks",
+    "tokens",
+    "webhook_deliveries",
+]

@@ -1,9 +1,16 @@
-"""``SqlStore``: the ``Store`` protocol over SQLAlchemy Core (async), SQLite for now.
+"""``SqlStore``: the ``Store`` protocol over SQLAlchemy Core (async), on SQLite or PostgreSQL.
 
 Every method is one transaction. Writes go through ``_write`` (on SQLite a ``BEGIN
 IMMEDIATE`` transaction, see ``bosun.store.connect``), so a read-check-write sequence such
 as ``claim`` cannot interleave with another writer in this or any other process. Reads go
 through ``_read`` (a plain deferred transaction: a consistent snapshot that never blocks).
+
+On PostgreSQL writers run concurrently, so a write transaction locks what it reads in
+order to change it: task rows with ``FOR NO KEY UPDATE`` (``_load_task(lock=True)``;
+nothing on SQLite), claims and dependency bookkeeping with advisory locks, and the event
+log with an advisory lock taken right before the events are inserted, which every method
+does as its last statement (the lock order that keeps bosun's transactions free of
+deadlocks: ``bosun.store.dialects``).
 
 The few things that differ between SQLite and PostgreSQL live in ``bosun.store.dialects``;
 everything here is portable Core.
@@ -67,12 +74,16 @@ from bosun.store.sql_base import (
 from bosun.store.sql_base import (
     utcnow as _utcnow,
 )
+from bosun.store.sql_forge import ForgeMethods
+from bosun.store.sql_hosts import HostMethods
+from bosun.store.sql_pull import PullMethods
+from bosun.store.sql_tokens import TokenMethods
 
 _RUNNABLE = tuple(sorted(s.value for s in lifecycle.RUNNABLE))
 _RUNNING = TaskStatus.RUNNING.value
 
 
-class SqlStore(SqlBase):
+class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
     """The ``Store`` protocol on a SQLAlchemy async engine. Open it with ``open_store``."""
 
     # -- tasks ---------------------------------------------------------------------------
@@ -84,6 +95,9 @@ class SqlStore(SqlBase):
         async with self._write() as tx:
             status = TaskStatus.QUEUED
             if deps:
+                # a dependency completing right now either sees this task (and unblocks
+                # it) or is seen completed here; never neither
+                await self._ops.lock_dependencies(tx.conn)
                 query = sa.select(tasks.c.id, tasks.c.status).where(tasks.c.id.in_(deps))
                 found = {row.id: row.status for row in await tx.conn.execute(query)}
                 missing = [d for d in deps if d not in found]
@@ -142,7 +156,9 @@ class SqlStore(SqlBase):
         values = task_values(fields)
         now = _utcnow()
         async with self._write() as tx:
-            task = await self._load_task(tx.conn, task_id)
+            if target is TaskStatus.COMPLETED:
+                await self._ops.lock_dependencies(tx.conn)  # before any row lock
+            task = await self._load_task(tx.conn, task_id, lock=True)
             _check_owner(task, owner)
             lifecycle.check(task.id, task.status, target)
             values.update(status=target.value, updated_at=now)
@@ -150,9 +166,10 @@ class SqlStore(SqlBase):
                 values.update(lease_owner=None, lease_expires_at=None)
             updated = await self._set_task(tx, task_id, values)
             data = {"from": task.status.value, "to": target.value, "reason": reason}
-            await self._add_events(tx, [NewEvent("task.status", data, task_id=task_id)], now)
+            new = [NewEvent("task.status", data, task_id=task_id)]
             if target is TaskStatus.COMPLETED:
-                await self._unblock_dependents(tx, task_id, now)
+                new += await self._queue_dependents(tx, task_id, now)
+            await self._add_events(tx, new, now)  # last: see the module docstring
             if target is not TaskStatus.RUNNING:
                 # queued / rework is new work; leaving running frees a slot and scope locks
                 tx.new_work()
@@ -163,7 +180,7 @@ class SqlStore(SqlBase):
         """Set ``fields`` (names from ``TASK_FIELDS``) without a status change."""
         values = task_values(fields)
         async with self._write() as tx:
-            task = await self._load_task(tx.conn, task_id)
+            task = await self._load_task(tx.conn, task_id, lock=True)
             _check_owner(task, owner)
             return await self._set_task(tx, task_id, {**values, "updated_at": _utcnow()})
 
@@ -189,7 +206,7 @@ class SqlStore(SqlBase):
             return None
         async with self._write() as tx:
             await self._ops.lock_for_claim(tx.conn)
-            task = await self._load_task(tx.conn, task_id)
+            task = await self._load_task(tx.conn, task_id, lock=True)
             if not _claimable(task, now) or await self._collides_with_running(tx.conn, task):
                 return None
             return await self._take(
@@ -211,7 +228,10 @@ class SqlStore(SqlBase):
         params = {"now": now, "limit": _positive(limit, "limit")}
         async with self._write() as tx:
             await self._ops.lock_for_claim(tx.conn)
-            offered = await _tasks(tx.conn, _RUNNABLE_STMT, params)
+            # PostgreSQL: the candidates locked (SKIP LOCKED: a row another writer is
+            # changing right now is left for the next pass), so none can change under us
+            candidates = _CLAIMABLE_STMT if self._ops.row_locks else _RUNNABLE_STMT
+            offered = await _tasks(tx.conn, candidates, params)
             if not offered:
                 choose([], [])
                 return []
@@ -225,6 +245,8 @@ class SqlStore(SqlBase):
                     scopes.collides(task.repo, task.scope, b.repo, b.scope) for b in busy
                 ):
                     continue
+                # Its event goes in now: the candidates are locked, so nothing after the
+                # event-log lock waits for another transaction.
                 taken = await self._take(
                     tx, task, owner=owner, host=host, lease_seconds=lease_seconds, now=now
                 )
@@ -276,7 +298,7 @@ class SqlStore(SqlBase):
         """Extend ``owner``'s lease; ``LeaseLost`` when someone else holds it."""
         now = _utcnow()
         async with self._write() as tx:
-            task = await self._load_task(tx.conn, task_id)
+            task = await self._load_task(tx.conn, task_id, lock=True)
             if task.status is not TaskStatus.RUNNING:
                 raise LeaseLost(
                     f"task {task_id} is {task.status.value}, so nobody holds its lease",
@@ -300,7 +322,7 @@ class SqlStore(SqlBase):
         """Take the expired (or, with ``force``, any) lease of a running task."""
         aware(now)
         async with self._write() as tx:
-            task = await self._load_task(tx.conn, task_id)
+            task = await self._load_task(tx.conn, task_id, lock=True)
             if task.status is not TaskStatus.RUNNING:
                 return None
             live = task.lease_expires_at is not None and task.lease_expires_at >= now
@@ -440,16 +462,29 @@ class SqlStore(SqlBase):
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return when a task may have become claimable: at once for a submit or status
-        change by this process; within the poll interval for any event written by another
-        process; else after ``timeout`` seconds."""
+        change by this process; for one by another process, within milliseconds on
+        PostgreSQL (LISTEN/NOTIFY; also for one since the previous ``wait_for_work``
+        returned), within the poll interval for any event on SQLite; else after
+        ``timeout`` seconds."""
+        fired = self._work  # taken before any await: a write from here on wakes us
+        if await self._ops.listen(self._on_peer_write):
+            if self._peer_work == self._peer_work_seen:
+                await _until(fired, timeout)
+            self._peer_work_seen = self._peer_work
+            return
         # The last id this process polled is baseline enough: a spurious wake-up costs one
         # scheduling pass, while a query here would cost one on every wait.
-        await self._wait(self._work, timeout, self._seen_event_id)
+        await self._wait(fired, timeout, self._seen_event_id)
 
     async def wait_for_change(self, timeout: float) -> None:
-        """Return on a write by this process (at once), a new event written by another
-        process (within the poll interval), or after ``timeout`` seconds."""
-        await self._wait(self._changed, timeout, await self._last_event_id())
+        """Return on a write by this process (at once), a write by another process (within
+        milliseconds on PostgreSQL, within the poll interval on SQLite: a new event), or
+        after ``timeout`` seconds."""
+        fired = self._changed
+        if await self._ops.listen(self._on_peer_write):
+            await _until(fired, timeout)
+            return
+        await self._wait(fired, timeout, await self._last_event_id())
 
     async def _wait(self, fired: asyncio.Event, timeout: float, baseline: int) -> None:
         """Until ``fired`` is set, the newest event id differs from ``baseline`` (polled),
@@ -457,10 +492,8 @@ class SqlStore(SqlBase):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while (remaining := deadline - loop.time()) > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(self._poll_interval, remaining)):
-                    await fired.wait()
-                    return
+            if await _until(fired, min(self._poll_interval, remaining)):
+                return
             if await self._last_event_id() != baseline:
                 return
 
@@ -475,8 +508,11 @@ class SqlStore(SqlBase):
         self._seen_event_id = last
         return last
 
-    async def _load_task(self, conn: AsyncConnection, task_id: int) -> Task:
-        row = (await conn.execute(_TASK_BY_ID, {"task_id": task_id})).mappings().first()
+    async def _load_task(self, conn: AsyncConnection, task_id: int, *, lock: bool = False) -> Task:
+        """The task, or ``NotFound``; ``lock``: inside a write transaction that will change
+        it (PostgreSQL locks the row until COMMIT; SQLite's write lock covers it)."""
+        stmt = _TASK_BY_ID_FOR_UPDATE if lock else _TASK_BY_ID
+        row = (await conn.execute(stmt, {"task_id": task_id})).mappings().first()
         if row is None:
             raise _not_found("task", task_id)
         return task_from_row(row)
@@ -505,7 +541,25 @@ class SqlStore(SqlBase):
         return False
 
     async def _unblock_dependents(self, tx: _Tx, completed_id: int, now: datetime) -> None:
-        blocked = sa.select(tasks).where(tasks.c.status == TaskStatus.BLOCKED.value)
+        """``_queue_dependents`` and its events. On PostgreSQL the caller must hold
+        ``lock_dependencies`` and must not have inserted events yet (lock order)."""
+        await self._add_events(tx, await self._queue_dependents(tx, completed_id, now), now)
+
+    async def _queue_dependents(self, tx: _Tx, completed_id: int, now: datetime) -> list[NewEvent]:
+        """Queue the blocked tasks whose last pending dependency was ``completed_id``;
+        returns their events for the caller to append (after its own). The caller holds
+        ``lock_dependencies``: two dependencies completing at once are then serialised,
+        and the second one sees the first completed."""
+        blocked = (
+            sa.select(tasks)
+            .where(
+                tasks.c.status == TaskStatus.BLOCKED.value,
+                self._ops.json_array_has(tasks.c.depends_on, completed_id),
+            )
+            .order_by(tasks.c.id)
+            .with_for_update(key_share=True)
+        )
+        new: list[NewEvent] = []
         for task in await _tasks(tx.conn, blocked):
             if completed_id not in task.depends_on:
                 continue
@@ -522,7 +576,8 @@ class SqlStore(SqlBase):
             lifecycle.check(task.id, task.status, TaskStatus.QUEUED)
             await self._set_task(tx, task.id, {"status": "queued", "updated_at": now})
             data = {"from": "blocked", "to": "queued", "reason": "dependencies completed"}
-            await self._add_events(tx, [NewEvent("task.status", data, task_id=task.id)], now)
+            new.append(NewEvent("task.status", data, task_id=task.id))
+        return new
 
 
 def _runnable_statement() -> Select[Any]:
@@ -547,7 +602,28 @@ def _runnable_statement() -> Select[Any]:
     return sa.select(merged).order_by(merged.c.priority.desc(), merged.c.id).limit(limit)
 
 
+def _claimable_statement(runnable: Select[Any]) -> Select[Any]:
+    """PostgreSQL's ``claim_batch`` candidates: the rows ``runnable`` picks, locked ``FOR
+    NO KEY UPDATE SKIP LOCKED`` (a UNION cannot be locked, so the lock is on an outer
+    SELECT of those ids). The conditions are repeated outside: a row changed and committed
+    after the statement's snapshot is re-checked against them when it is locked."""
+    picked = runnable.subquery()
+    now = sa.bindparam("now", type_=tasks.c.not_before.type)
+    return (
+        sa.select(tasks)
+        .where(
+            tasks.c.id.in_(sa.select(picked.c.id)),
+            tasks.c.status.in_(_RUNNABLE),
+            tasks.c.execution_mode == ExecutionMode.DISPATCH.value,
+            sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now),
+        )
+        .order_by(tasks.c.priority.desc(), tasks.c.id)
+        .with_for_update(key_share=True, skip_locked=True)
+    )
+
+
 _RUNNABLE_STMT = _runnable_statement()
+_CLAIMABLE_STMT = _claimable_statement(_RUNNABLE_STMT)
 # Built once, filled by parameters: building an INSERT with .values(...) costs about a
 # millisecond of Python per call, on the path of every submit and claim.
 _INSERT_TASK = sa.insert(tasks).returning(*tasks.c)
@@ -558,6 +634,9 @@ _TOUCH_TASK = sa.update(tasks).where(tasks.c.id == sa.bindparam("_task_id"))
 _UPDATE_RUN = sa.update(runs).where(runs.c.id == sa.bindparam("_run_id")).returning(*runs.c)
 _SET_OFFSETS = sa.update(runs).where(runs.c.id == sa.bindparam("_run_id")).returning(runs.c.task_id)
 _TASK_BY_ID = sa.select(tasks).where(tasks.c.id == sa.bindparam("task_id"))
+# FOR NO KEY UPDATE, not FOR UPDATE: it does not block the foreign-key checks (KEY SHARE)
+# of concurrent inserts of this task's runs and events. SQLite renders no clause.
+_TASK_BY_ID_FOR_UPDATE = _TASK_BY_ID.with_for_update(key_share=True)
 _RUNNING_TASKS = sa.select(tasks).where(tasks.c.status == _RUNNING)
 _EVENTS_SINCE = (
     sa.select(events)
@@ -566,6 +645,15 @@ _EVENTS_SINCE = (
     .limit(sa.bindparam("limit"))
 )
 _TASK_EVENTS_SINCE = _EVENTS_SINCE.where(events.c.task_id == sa.bindparam("task_id"))
+
+
+async def _until(fired: asyncio.Event, timeout: float) -> bool:
+    """Wait for ``fired`` at most ``timeout`` seconds; whether it was set."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await fired.wait()
+            return True
+    return False
 
 
 async def _tasks(

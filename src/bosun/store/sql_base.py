@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
 from bosun.errors import InputError, NotFound, StoreError
-from bosun.store.dialects import ops_for
+from bosun.store.dialects import SqliteOps, ops_for
 
 #: Execution option that makes the SQLite "begin" hook emit BEGIN IMMEDIATE.
 WRITE_OPTION = "bosun_write"
@@ -98,7 +98,11 @@ class SqlBase:
         self._changed = asyncio.Event()
         self._work = asyncio.Event()
         self._seen_event_id = 0  # the newest event id this process has polled
-        self._ops = ops_for(engine.dialect.name)
+        # Work notifications from other stores (PostgreSQL's LISTEN): how many arrived,
+        # and how many wait_for_work had seen when it last returned.
+        self._peer_work = 0
+        self._peer_work_seen = 0
+        self._ops = ops_for(engine)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -106,8 +110,11 @@ class SqlBase:
         return self._engine
 
     async def aclose(self) -> None:
-        """Close every pooled connection."""
-        await self._engine.dispose()
+        """Close every pooled connection (and the LISTEN connection, if any)."""
+        try:
+            await self._ops.aclose()
+        finally:
+            await self._engine.dispose()
 
     # -- transactions --------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -119,8 +126,8 @@ class SqlBase:
                     await conn.execution_options(**{SINGLE_READ_OPTION: True})
                 async with conn.begin():
                     yield conn
-        except DBAPIError as exc:
-            raise store_error(exc, "read") from exc
+        except (DBAPIError, OSError, TimeoutError) as exc:
+            raise self._ops.describe(exc, "read") from exc
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[Tx]:
@@ -131,30 +138,37 @@ class SqlBase:
                     async with conn.begin():
                         tx = Tx(conn)
                         yield tx
-            except DBAPIError as exc:
-                raise store_error(exc, "write") from exc
+                        if tx.wrote:
+                            # delivered at COMMIT to the other stores' LISTEN (PostgreSQL)
+                            await self._ops.notify(conn, work=tx.work)
+            except (DBAPIError, OSError, TimeoutError) as exc:
+                raise self._ops.describe(exc, "write") from exc
         if tx.wrote:
             self._poke()
         if tx.work:
-            fired, self._work = self._work, asyncio.Event()
-            fired.set()
+            self._fire_work()
 
     def _poke(self) -> None:
         """Wake every ``wait_for_change`` of this process (a fresh Event per generation)."""
         fired, self._changed = self._changed, asyncio.Event()
         fired.set()
 
+    def _fire_work(self) -> None:
+        """Wake every ``wait_for_work`` of this process."""
+        fired, self._work = self._work, asyncio.Event()
+        fired.set()
+
+    def _on_peer_write(self, work: bool) -> None:
+        """Another store's write transaction committed (pushed by ``DialectOps.listen``)."""
+        self._poke()
+        if work:
+            self._peer_work += 1
+            self._fire_work()
+
 
 def store_error(exc: DBAPIError, action: str) -> StoreError:
-    detail = str(exc.orig) if exc.orig is not None else str(exc)
-    if "locked" in detail or "busy" in detail:
-        hint = (
-            "another program held the database's write lock too long; "
-            "retry, and check for a stuck process using the same database file"
-        )
-    else:
-        hint = "check that the database file is readable and writable and the disk is not full"
-    return StoreError(f"database {action} failed: {detail}", hint)
+    """A SQLite driver error as a ``StoreError`` (``DialectOps.describe`` for any backend)."""
+    return SqliteOps().describe(exc, action)
 
 
 async def first(conn: AsyncConnection, stmt: Executable) -> RowMapping | None:

@@ -1,0 +1,283 @@
+"""The dispatcher's view of its hosts: registry snapshot, providers, health checks.
+
+``Fleet`` belongs to one dispatcher. It
+
+- reloads the registry (``bosun.toml`` hosts plus registered ones) every poll interval,
+  so ``bosun hosts drain`` / ``add`` / ``rm`` from another process take effect at once,
+  and opens a provider for each newly registered host;
+- checks every host every ``heartbeat_seconds`` with a cheap ``true`` over its provider
+  (after ``ensure_ready``, which for SSH reconnects a dropped connection). A failure
+  marks the host unhealthy (in memory for scheduling, and in the store with the error and
+  a ``host.unhealthy`` event); the first success after that marks it healthy again
+  (``host.healthy``) and reconciles it;
+- turns the snapshot into the scheduler's ``HostSlot`` values: a drained, disabled or
+  unhealthy host gets no new work, and neither does an agent whose CLI the last
+  ``bosun hosts check`` did not find on the host;
+- reconciles a host: runs that bosun gave up on while the host was unreachable (their
+  tasks were retried elsewhere; ``ref["abandoned"]`` is true) are killed if they still
+  run, so that a task never runs twice.
+
+Runs on a host that is unreachable for a while are handled by ``execution.Attempt``:
+their follower waits, re-attaches when the host answers again, and gives up (the task is
+retried at once, elsewhere) only once the host has been unreachable for
+``unreachable_limit(settings)`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+
+from bosun import scheduler
+from bosun.config import HostConfig, Settings
+from bosun.errors import BosunError, ConfigError
+from bosun.hosts.capabilities import probe
+from bosun.hosts.check import ProviderFactory
+from bosun.hosts.registry import Host, Registry, merge, with_hosts
+from bosun.models import NewEvent, RunStatus
+from bosun.providers.base import Provider
+from bosun.store.base import HostStore, Store
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two store writes of an unchanged healthy state (``checked_at``).
+RECORD_EVERY = 30.0
+
+
+def unreachable_limit(settings: Settings) -> float:
+    """How long a host may be unreachable before its runs are given up and their tasks
+    retried on another host: two heartbeat intervals (at least one second)."""
+    return max(2 * settings.limits.heartbeat_seconds, 1.0)
+
+
+def probe_timeout(settings: Settings) -> float:
+    """How long one health check may take before it counts as failed."""
+    return max(settings.limits.heartbeat_seconds, 1.0)
+
+
+async def reachable(
+    provider: Provider, timeout: float, *, connect_timeout: float | None = None
+) -> str | None:
+    """``None`` when the host answers ``true`` within ``timeout``, else why not. With
+    ``connect_timeout`` the provider's ``ensure_ready`` (for SSH: connect, learn $HOME,
+    create the work dir) runs first, with that much time (a first connection takes
+    longer than a command on a live one); without it ``true`` runs on whatever connection
+    the provider has or opens."""
+    try:
+        if connect_timeout is not None:
+            async with asyncio.timeout(connect_timeout):
+                await provider.ensure_ready()
+        async with asyncio.timeout(timeout):
+            await probe(provider, timeout=timeout)
+    except TimeoutError:
+        return f"no answer within {timeout:g}s"
+    except BosunError as exc:
+        return exc.message
+    except Exception as exc:  # a provider's library error must not stop the dispatcher
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@dataclass
+class _State:
+    healthy: bool = True
+    error: str | None = None
+    recorded_at: float | None = None  # loop time of the last store write
+
+
+class Fleet:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        providers: MutableMapping[str, Provider],
+        *,
+        factory: ProviderFactory | None,
+        on_provider: Callable[[str, Provider], None],
+        cancel_grace: float,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.providers = providers
+        self.factory = factory
+        self.on_provider = on_provider
+        self.cancel_grace = cancel_grace
+        self.host_store: HostStore | None = store if isinstance(store, HostStore) else None
+        self.hosts: list[Host] = merge(settings, [])
+        self.state: dict[str, _State] = {}
+        self.ready: set[str] = set()  # hosts whose ensure_ready succeeded once
+        self.built: dict[str, HostConfig] = {}  # registered hosts: the settings built from
+        self.retired: list[Provider] = []  # providers replaced by a re-registration
+
+    # -- registry --------------------------------------------------------------------------
+    async def refresh(self, *, strict: bool = False) -> None:
+        """Reload the registry; open providers for new hosts. ``strict``: a name clash
+        between bosun.toml and a registered host raises (at start-up), else it is logged
+        and the previous snapshot kept."""
+        if self.host_store is None:
+            return
+        try:
+            hosts = await Registry(self.settings, self.host_store).hosts()
+        except ConfigError:
+            if strict:
+                raise
+            log.warning("host registry not reloaded", exc_info=True)
+            return
+        for host in hosts:
+            if host.problem is not None or self.factory is None:
+                continue
+            built = self.built.get(host.name)
+            if host.name in self.providers and (built is None or built == host.config):
+                continue  # a config host (given), or a registered one built as it is now
+            try:
+                made = self.factory(with_hosts(self.settings, [host]))
+            except BosunError as exc:
+                await self._record(host.name, exc.message)
+                continue
+            provider = made.get(host.name)
+            if provider is not None:
+                # re-registered with other settings: new attempts use the new provider;
+                # the old one stays open for runs still followed through it
+                old = self.providers.get(host.name)
+                if old is not None:
+                    self.retired.append(old)
+                    self.ready.discard(host.name)
+                self.providers[host.name] = provider
+                self.built[host.name] = host.config
+                self.on_provider(host.name, provider)
+        self.hosts = hosts
+
+    def slots(self, unhealthy_agents: Mapping[str, Mapping[str, str]]) -> list[scheduler.HostSlot]:
+        """The scheduler's view of every host that has a provider."""
+        return [
+            scheduler.HostSlot(
+                name=h.name,
+                max_concurrent=h.config.max_concurrent,
+                agents=frozenset(h.config.agents),
+                labels=h.labels,
+                priority=h.config.priority,
+                enabled=h.enabled,
+                healthy=self.healthy(h.name),
+                unhealthy_agents=frozenset(unhealthy_agents.get(h.name, ())) | h.missing_agents(),
+            )
+            for h in self.hosts
+            if h.name in self.providers
+        ]
+
+    def healthy(self, name: str) -> bool:
+        """May get new work as far as health goes. A host with a ``wake_command`` that does
+        not answer is asleep, not broken: it stays eligible, and the attempt placed there
+        wakes it (``ensure_ready``)."""
+        state = self.state.get(name)
+        if state is None or state.healthy:
+            return True
+        host = next((h for h in self.hosts if h.name == name), None)
+        return host is not None and bool(host.config.wake_command)
+
+    # -- health ----------------------------------------------------------------------------
+    async def mark_down(self, name: str, error: str) -> None:
+        """An attempt found ``name`` unreachable: no new work there until a check passes."""
+        state = self.state.setdefault(name, _State())
+        if not state.healthy:
+            return
+        state.healthy, state.error = False, error
+        await self._record(name, error)
+
+    async def check_all(self) -> tuple[list[str], list[str]]:
+        """Check every host once (at the same time); returns (hosts that went down, hosts
+        that came back)."""
+        hosts = [h for h in self.hosts if h.name in self.providers]
+        names = [h.name for h in hosts]
+        timeout = probe_timeout(self.settings)
+
+        async def check(host: Host) -> str | None:
+            # ensure_ready until it worked once (never for a host that it would wake up)
+            first = host.name not in self.ready and not host.config.wake_command
+            connect = host.config.connect_timeout + timeout if first else None
+            error = await reachable(self.providers[host.name], timeout, connect_timeout=connect)
+            if error is None and first:
+                self.ready.add(host.name)
+            return error
+
+        errors = await asyncio.gather(*(check(h) for h in hosts), return_exceptions=True)
+        down: list[str] = []
+        back: list[str] = []
+        for name, error in zip(names, errors, strict=True):
+            text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
+            state = self.state.setdefault(name, _State())
+            was = state.healthy
+            state.healthy, state.error = text is None, text
+            if was and text is not None:
+                down.append(name)
+            elif not was and text is None:
+                back.append(name)
+            await self._record(name, text, changed=was != state.healthy)
+        return down, back
+
+    async def _record(self, name: str, error: str | None, *, changed: bool = True) -> None:
+        if self.host_store is None:
+            return
+        state = self.state.setdefault(name, _State(healthy=error is None, error=error))
+        now = asyncio.get_running_loop().time()
+        if (
+            not changed
+            and state.recorded_at is not None
+            and now - state.recorded_at < (RECORD_EVERY)
+        ):
+            return
+        try:
+            await self.host_store.record_health(name, healthy=error is None, error=error)
+        except BosunError:
+            log.warning("could not record the health of host %s", name, exc_info=True)
+            return
+        state.recorded_at = now
+
+    # -- reconciliation --------------------------------------------------------------------
+    async def reconcile(self, name: str) -> int:
+        """Kill what is left of the runs bosun gave up on while ``name`` was unreachable
+        (their tasks were retried elsewhere). Returns how many were still running."""
+        provider = self.providers.get(name)
+        if provider is None or self.host_store is None:
+            return 0
+        killed = 0
+        for run in await self.host_store.host_runs(name, [RunStatus.LOST]):
+            if run.ref.get("abandoned") is not True:
+                continue
+            alive = False
+            try:
+                async with asyncio.timeout(probe_timeout(self.settings) + self.cancel_grace + 5):
+                    ref = dict(run.ref)
+                    if "run_dir" not in ref and isinstance(ref.get("run_key"), str):
+                        ref["run_dir"] = await provider.run_dir(ref["run_key"])
+                    handle = await provider.attach(ref)
+                    alive = await handle.alive()
+                    if alive:
+                        await handle.cancel(self.cancel_grace)
+            except TimeoutError:
+                return killed  # the host went away again: next time
+            except BosunError:
+                alive = False  # its run directory is gone: nothing left to stop
+            except Exception:
+                log.warning("reconciling run %s on %s failed", run.id, name, exc_info=True)
+                continue
+            with contextlib.suppress(BosunError):
+                await self.store.update_run(run.id, ref={**run.ref, "abandoned": "reconciled"})
+                if alive:
+                    killed += 1
+                    await self.store.append_event(
+                        NewEvent(
+                            "run.stray_killed",
+                            {
+                                "run_id": run.id,
+                                "host": name,
+                                "reason": "given up while the host was unreachable; "
+                                "the task was retried elsewhere",
+                            },
+                            task_id=run.task_id,
+                            run_id=run.id,
+                        )
+                    )
+        return killed

@@ -1,0 +1,479 @@
+"""The SSH provider: durable agent runs and short commands on a host reached over SSH.
+
+One asyncssh connection per host carries everything (:mod:`bosun.providers.ssh_conn`):
+exec channels for commands, one SFTP channel for files, remote port forwards. Host keys
+are checked strictly (:mod:`bosun.providers.ssh_keys`).
+
+A run uses the protocol of :mod:`bosun.providers.local`, on the host: the same constant
+:data:`~bosun.providers.local.WRAPPER_SCRIPT` runs detached as the leader of a new session
+and process group, sending stdout and stderr to files in the run directory
+``<work_dir>/runs/<key>`` and writing the exit code there atomically. The host needs
+only a POSIX ``sh`` (``/bin/sh``), ``env``, ``kill``, ``rm``, ``mv``, ``mkdir`` and the
+agent; ``setsid`` (util-linux, busybox) is used when present. Without it the run stays in
+the process group that sshd created for the launching command (sshd makes every
+command's shell a session leader; the launcher replaces that shell (``exec``) and the run
+is its background child), which is just as separate from everything else.
+
+A launch costs two pipelined SFTP round trips and one exec channel:
+
+1. SFTP: every file is opened at once (``cmd.json`` exclusively: a run directory is
+   launched once; the others without truncation, so a refused launch changes nothing),
+   then written at once: ``cmd.json``, ``stdin``, the run files and ``env.sh`` (mode 0600:
+   the agent's environment as ``export NAME='value'`` lines). Environment values never
+   appear on a command line, where other users of the host could read them.
+2. one exec of the constant :data:`~bosun.providers.ssh_scripts.LAUNCH_SCRIPT` (the
+   closes travel alongside): it checks the working directory, starts ``env -i /bin/sh``
+   detached (``setsid`` when present), which loads ``env.sh``, deletes it and execs
+   the wrapper (so the agent's environment is exactly the one asked for), and prints the
+   wrapper's pid and process group.
+
+Following a run (:mod:`bosun.providers.ssh_run`) reads the ``stdout``/``stderr`` files
+over SFTP from the stored byte offsets (one round trip when nothing is new: two
+pipelined ``stat`` calls), so bosun picks up where it left off after a reconnect or a
+restart, with no line lost or repeated. ``alive`` reads the group leader's
+``/proc/PID/stat`` over SFTP on Linux hosts (no process is started on the host); when
+the leader is gone or there is no /proc, ``kill -0`` on the group answers, and the checks
+of all runs of a host that ask at the same time share one exec channel.
+
+Every text that crosses the remote shell is made by
+:func:`~bosun.providers.ssh_scripts.remote_command` from a constant script and its
+arguments; :func:`~bosun.providers.ssh_scripts.quote` is the one place that quotes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import posixpath
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncssh
+
+from bosun.config import HostConfig
+from bosun.errors import HostUnreachable, ProviderError
+from bosun.providers import tmux
+from bosun.providers.base import Command, ExecResult, RunHandle
+from bosun.providers.local import WRAPPER_SCRIPT
+from bosun.providers.ssh_conn import SshLink, parse_address
+from bosun.providers.ssh_files import HostFiles, close_all
+from bosun.providers.ssh_keys import HostKey
+from bosun.providers.ssh_run import AliveBatch, SshRun
+from bosun.providers.ssh_scripts import (
+    ALIVE_SCRIPT,
+    ENV_NAME,
+    EXEC_SCRIPT,
+    LAUNCH_SCRIPT,
+    NO_DIR,
+    NO_PROGRAM,
+    PREPARE_SCRIPT,
+    SIGNAL_SCRIPT,
+    env_script,
+    remote_command,
+)
+from bosun.providers.ssh_trust import fetch_host_key, trust_host_key
+
+__all__ = [
+    "HostKey",
+    "SshProvider",
+    "SshRun",
+    "fetch_host_key",
+    "parse_address",
+    "remote_command",
+    "trust_host_key",
+]
+
+_KEY_RE = re.compile(r"[A-Za-z0-9._-]+")
+_RESERVED = frozenset({"cmd.json", "stdin", "stdout", "stderr", "pid", "pgid", "exit", "env.sh"})
+_URL_CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
+_READY_BACKOFF_MAX = 5.0
+#: How long ``ensure_ready`` waits for SSH after running a host's ``wake_command``.
+WAKE_READY_TIMEOUT = 180.0
+
+
+def _redact(text: str) -> str:
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
+
+class SshProvider:
+    """Runs agents and commands on one SSH host; run dirs in ``<work_dir>/runs/<key>``.
+
+    ``state_dir`` is bosun's local state directory (its ``known_hosts`` lives there).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        host_config: HostConfig,
+        state_dir: str,
+        *,
+        ready_timeout: float | None = None,
+        use_setsid: bool = True,
+    ) -> None:
+        if host_config.kind != "ssh":
+            raise ProviderError(
+                f"host {name} is kind {host_config.kind!r}, not 'ssh'",
+                hint="use LocalProvider for local hosts",
+            )
+        self.name = name
+        self.config = host_config
+        self.link = SshLink(name, host_config, state_dir)
+        self.files = HostFiles(self.link, name)
+        self._ready_timeout = ready_timeout
+        self._mode = "auto" if use_setsid else "nosetsid"
+        self._home: str | None = None
+        self._has_proc = False
+        self._root: str | None = None
+        self._prepare_lock = asyncio.Lock()
+        self._alive_batch = AliveBatch(self._alive_groups)
+
+    # -- paths ---------------------------------------------------------------------------
+    @property
+    def home(self) -> str:
+        """The remote user's $HOME (known after the first connection)."""
+        if self._home is None:
+            raise ProviderError(
+                f"host {self.name} is not ready yet", hint="call ensure_ready() first"
+            )
+        return self._home
+
+    @property
+    def root(self) -> str:
+        """The absolute ``work_dir`` on the host: repo caches, worktrees, ``runs/``."""
+        if self._root is None:
+            raise ProviderError(
+                f"host {self.name} is not ready yet", hint="call ensure_ready() first"
+            )
+        return self._root
+
+    async def _ready(self) -> str:
+        """Connect if needed and learn $HOME once; return the absolute work dir."""
+        if self._root is not None:
+            return self._root
+        async with self._prepare_lock:
+            if self._root is None:
+                code, out, err = await self.link.run(
+                    remote_command(
+                        ["/bin/sh", "-c", PREPARE_SCRIPT, "bosun-prepare", self.config.work_dir]
+                    )
+                )
+                proc, _, home = out.decode(errors="replace").partition("\n")
+                if code != 0 or proc not in ("proc", "noproc") or not home.startswith("/"):
+                    raise ProviderError(
+                        f"cannot prepare work_dir {self.config.work_dir!r} on host "
+                        f"{self.name} (exit {code}): {err.decode(errors='replace').strip()}",
+                        hint="check the remote user's $HOME and that work_dir is writable",
+                    )
+                self._home = home
+                self._has_proc = proc == "proc"
+                self._root = posixpath.normpath(posixpath.join(home, self.config.work_dir))
+        return self._root
+
+    # -- Provider ------------------------------------------------------------------------
+    async def ensure_ready(self) -> None:
+        """Connect (strict host keys), learn $HOME and create ``work_dir/runs``.
+
+        When the host cannot be reached and has a ``wake_command``, run that here first
+        and then wait for SSH with backoff (``ready_timeout``, default 180 s after a wake,
+        else ``connect_timeout``). Unknown host keys and failed logins fail at once.
+        """
+        try:
+            await self.link.connection()
+        except HostUnreachable:
+            woke = bool(self.config.wake_command)
+            if woke:
+                await self._wake()
+            default = WAKE_READY_TIMEOUT if woke else self.config.connect_timeout
+            await self._wait_for_ssh(self._ready_timeout or default)
+        await self._ready()
+        await self.link.sftp()
+        problem = self.link.forwards_problem()
+        if problem is not None:
+            raise problem
+
+    async def _wake(self) -> None:
+        argv = list(self.config.wake_command)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ProviderError(
+                f"wake_command of host {self.name} ({shlex.join(argv)}) cannot start: {exc}",
+                hint=f"fix wake_command in [hosts.{self.name}] (an argv list run on this machine)",
+            ) from exc
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), WAKE_READY_TIMEOUT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise ProviderError(
+                f"wake_command of host {self.name} did not finish in {WAKE_READY_TIMEOUT:g}s",
+                hint="make wake_command return once the host is starting",
+            ) from None
+        if proc.returncode != 0:
+            tail = out.decode(errors="replace").strip()[-500:]
+            raise ProviderError(
+                f"wake_command of host {self.name} failed (exit {proc.returncode}): {tail}",
+                hint=f"run `{shlex.join(argv)}` by hand to see why",
+            )
+
+    async def _wait_for_ssh(self, limit: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        delay = 0.2
+        while True:
+            try:
+                await self.link.connection(wait=True)
+                return
+            except HostUnreachable as exc:
+                if loop.time() + delay > deadline:
+                    raise HostUnreachable(
+                        f"{exc.message} (waited {limit:g}s for SSH)", exc.hint
+                    ) from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _READY_BACKOFF_MAX)
+
+    async def run_dir(self, key: str) -> str:
+        """Create (if needed) and return the absolute run directory for ``key``."""
+        if not _KEY_RE.fullmatch(key) or key in (".", ".."):
+            raise ProviderError(
+                f"invalid run key {key!r}",
+                hint="run keys use only letters, digits, '.', '_' and '-', e.g. task-12-attempt-2",
+            )
+        path = f"{await self._ready()}/runs/{key}"
+        async with self.link.files() as sftp:
+            try:
+                await sftp.mkdir(path)  # a new run directory: one round trip
+                return path
+            except asyncssh.SFTPError as exc:
+                if isinstance(exc, asyncssh.SFTPConnectionLost | asyncssh.SFTPNoConnection):
+                    raise
+        await self.makedirs(path)  # exists already, or runs/ is missing
+        return path
+
+    async def makedirs(self, path: str) -> None:
+        """``mkdir -p`` over SFTP (one round trip when the directory exists)."""
+        await self.files.makedirs(path)
+
+    async def launch(self, command: Command, run_dir: str) -> RunHandle:
+        """Start ``command`` detached on the host (see the module docstring)."""
+        self._check_launch(command)
+        env_text = env_script(command.env)
+        await self._ready()
+        keep_pwd = "PWD" in command.env
+        meta = {"argv": list(command.argv), "cwd": command.cwd, "env_keys": sorted(command.env)}
+        files: dict[str, bytes] = {name: data for name, data in command.files.items()}
+        if command.stdin is not None:
+            files["stdin"] = command.stdin
+        handles = await self.files.write_launch_files(
+            run_dir, json.dumps(meta).encode(), files, env_text
+        )
+        if command.tmux is not None:
+            program = tmux.start_argv(
+                "/bin/sh", command.tmux, run_dir, command.cwd, keep_pwd, command.argv
+            )
+            mode = "tmux"
+        else:
+            program = ["/bin/sh", "-c", WRAPPER_SCRIPT, "bosun-run", run_dir, command.cwd]
+            program += ["1" if keep_pwd else "0", *command.argv]
+            mode = self._mode
+        line = remote_command(
+            ["/bin/sh", "-c", LAUNCH_SCRIPT, "bosun-launch", mode, run_dir, command.cwd, *program]
+        )
+        # The data is on the host once the writes were acknowledged: the closes travel
+        # alongside the launch.
+        launched, _ = await asyncio.gather(
+            self.link.run(line), close_all(handles), return_exceptions=True
+        )
+        if isinstance(launched, BaseException):
+            raise launched
+        code, out, err = launched
+        text = out.decode(errors="replace").strip()
+        if text == "nocwd":
+            await self.files.remove(f"{run_dir}/env.sh")
+            raise ProviderError(
+                f"working directory {command.cwd} of {command.argv[0]!r} does not exist "
+                f"on host {self.name}",
+                hint="prepare the workspace before launching the agent",
+            )
+        parts = text.split()
+        if code != 0 or len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ProviderError(
+                f"cannot start {command.argv[0]!r} in {run_dir} on host {self.name} "
+                f"(exit {code}): {_redact(err.decode(errors='replace').strip()[-500:])}",
+                hint="check that /bin/sh and env exist on the host and the run dir is writable",
+            )
+        return SshRun(self, run_dir, int(parts[0]), int(parts[1]))
+
+    def _check_launch(self, command: Command) -> None:
+        if not command.argv:
+            raise ProviderError("empty argv", hint="an agent command needs a program to run")
+        for name in command.files:
+            parts = name.split("/")
+            bad = (
+                not name
+                or "\0" in name
+                or name.startswith("/")
+                or any(p in ("", ".", "..") for p in parts)
+                or parts[0] in _RESERVED
+                or name.endswith(".tmp")
+            )
+            if bad:
+                raise ProviderError(
+                    f"invalid run file name {name!r}",
+                    hint="use a path relative to the run directory (like home/.tool/config.json; "
+                    "no '..', not a reserved name like 'stdout', 'exit' or '*.tmp')",
+                )
+
+    async def attach(self, ref: Mapping[str, Any]) -> RunHandle:
+        """The handle of a run from ``ref``, possibly started by an earlier bosun."""
+        run_dir, pid, pgid = ref.get("run_dir"), ref.get("pid"), ref.get("pgid")
+        if not isinstance(run_dir, str):
+            raise ProviderError(
+                f"malformed ssh run reference {dict(ref)!r}",
+                hint="an ssh run ref has 'run_dir' (str), 'pid' and 'pgid' (int)",
+            )
+        async with self.link.files() as sftp:
+            if not await sftp.isdir(run_dir):
+                raise ProviderError(
+                    f"run directory {run_dir} no longer exists on host {self.name}",
+                    hint="the run's files were removed; mark the run as lost",
+                )
+        if pid is None and pgid is None:
+            # Only the run directory is known (bosun stopped between the launch and
+            # recording it): the pid files say which process group it is.
+            pid = await self._read_int(run_dir, "pid")
+            pgid = await self._read_int(run_dir, "pgid", missing_ok=True) or pid
+        if not (isinstance(pid, int) and isinstance(pgid, int)):
+            raise ProviderError(
+                f"malformed ssh run reference {dict(ref)!r}",
+                hint="an ssh run ref has 'run_dir' (str), 'pid' and 'pgid' (int)",
+            )
+        return SshRun(self, run_dir, pid, pgid)
+
+    async def _read_int(self, run_dir: str, name: str, *, missing_ok: bool = False) -> int:
+        # The wrapper writes its pid with one small write: empty means "being written".
+        for _ in range(50):
+            raw = await self.files.read_small(f"{run_dir}/{name}")
+            if raw is None:
+                if missing_ok:
+                    return 0
+                raise ProviderError(
+                    f"no run was started in {run_dir} on host {self.name} (no {name} file)",
+                    hint="the attempt never launched; it can be retried",
+                )
+            text = raw.decode("ascii", errors="replace").strip()
+            if text.isdigit():
+                return int(text)
+            await asyncio.sleep(0.02)
+        raise ProviderError(
+            f"the {name} file of {run_dir} on host {self.name} is unreadable",
+            hint="the attempt can be retried",
+        )
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        """Run a short command on the host, attached, on its own channel.
+
+        ``env`` is added to the login environment of the remote user; its values travel
+        on the command line (fine for ``GIT_TERMINAL_PROMPT=0``, not for secrets: those
+        belong in ``launch``). A timeout or cancel kills the command's process group.
+        """
+        if not argv:
+            raise ProviderError("empty argv", hint="pass the program to run as argv[0]")
+        shown = _redact(shlex.join(argv))
+        pairs = []
+        for name, value in (env or {}).items():
+            if not ENV_NAME.fullmatch(name):
+                raise ProviderError(
+                    f"invalid environment variable name {name!r}",
+                    hint="names use letters, digits and '_' (not first a digit)",
+                )
+            pairs.append(f"{name}={value}")
+        head = ["/bin/sh", "-c", EXEC_SCRIPT, "bosun-exec", cwd or "", str(len(pairs))]
+        line = remote_command([*head, *pairs, *argv])
+        try:
+            code, out, err = await self.link.run(line, stdin=stdin, timeout=timeout)
+        except TimeoutError:
+            raise ProviderError(
+                f"{shown} on host {self.name} timed out after {timeout:g}s and was killed",
+                hint="check the host and network, or raise the timeout",
+            ) from None
+        if (code, err) == NO_DIR:
+            raise ProviderError(
+                f"cannot run {shown} on host {self.name}: directory {cwd} does not exist",
+                hint="create the directory first",
+            )
+        if (code, err) == NO_PROGRAM:
+            raise ProviderError(
+                f"cannot run {shown} on host {self.name}: {argv[0]!r} was not found",
+                hint=f"install {argv[0]!r} on {self.name} or add its directory to PATH there",
+            )
+        return ExecResult(
+            argv=tuple(argv),
+            exit_code=code,
+            stdout=out.decode("utf-8", errors="replace"),
+            stderr=err.decode("utf-8", errors="replace"),
+        )
+
+    async def upload(self, local_path: str, remote_path: str) -> None:
+        """Copy a local file to the host (SFTP), e.g. a git bundle."""
+        await self.files.upload(local_path, remote_path)
+
+    async def download(self, remote_path: str, local_path: str) -> None:
+        """Copy a file from the host to this machine (SFTP)."""
+        await self.files.download(remote_path, local_path)
+
+    async def aclose(self) -> None:
+        """Close the connection. Runs on the host are detached and keep running."""
+        self._alive_batch.cancel()
+        await self.link.aclose()
+
+    async def _alive(self, pgid: int) -> bool:
+        """Fast path (Linux hosts): the group's leader, usually the wrapper, read from
+        /proc over SFTP, with no process started on the host. Otherwise, or when the
+        leader is gone or a zombie, the batched ``kill -0`` of :data:`ALIVE_SCRIPT`."""
+        if self._has_proc:
+            try:
+                raw = await self.files.read_at(f"/proc/{pgid}/stat", 0, 1024)
+            except HostUnreachable:
+                raise
+            except ProviderError:
+                raw = None  # e.g. hidepid: ask kill -0 instead
+            if raw is not None:
+                fields = raw[raw.rfind(b")") + 2 :].split()
+                if len(fields) > 2 and fields[0] not in (b"Z", b"X") and fields[2] == b"%d" % pgid:
+                    return True
+        return await self._alive_batch.ask(pgid)
+
+    async def _alive_groups(self, pgids: list[int]) -> set[int]:
+        line = remote_command(["/bin/sh", "-c", ALIVE_SCRIPT, "bosun-alive", *map(str, pgids)])
+        code, out, err = await self.link.run(line)
+        if code != 0:
+            raise ProviderError(
+                f"cannot check processes on host {self.name} (exit {code}): "
+                f"{err.decode(errors='replace').strip()[-300:]}",
+                hint="check that /bin/sh and kill work on the host",
+            )
+        return {int(w) for w in out.split() if w.isdigit()}
+
+    async def _signal(self, sig: str, pgid: int) -> bool:
+        line = remote_command(["/bin/sh", "-c", SIGNAL_SCRIPT, "bosun-kill", sig, str(pgid)])
+        _code, out, _err = await self.link.run(line)
+        return out.strip() == b"sent"

@@ -1,0 +1,293 @@
+"""The host registry's part of ``SqlStore``: the ``hosts`` table (see ``HostStore``).
+
+A row holds a host added at run time (``bosun hosts add`` / ``POST /api/v1/hosts``) with
+its configuration, or only the state of a host of ``bosun.toml``: drained, detected
+capabilities, health. Health changes append ``host.unhealthy`` / ``host.healthy`` events
+in the same transaction, with a conditional update, so that several dispatchers checking
+the same host record each change once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
+
+from bosun.errors import InputError, NotFound, StoreError
+from bosun.hosts.records import HEALTH_STATES, SOURCES, HostRecord
+from bosun.models import NewEvent, Run, RunStatus
+from bosun.store.rows import aware, json_object, new_event_values, run_from_row
+from bosun.store.schema import events, hosts, runs
+from bosun.store.sql_base import SqlBase, Tx, shielded, utcnow
+
+#: Columns ``update_host`` may set.
+HOST_FIELDS = frozenset({"drained", "capabilities", "health", "health_error", "checked_at"})
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_BY_NAME = sa.select(hosts).where(hosts.c.name == sa.bindparam("name"))
+
+
+def host_from_row(row: RowMapping) -> HostRecord:
+    return HostRecord(
+        name=row["name"],
+        source=row["source"],
+        config=dict(row["config"] or {}),
+        drained=bool(row["drained"]),
+        capabilities=dict(row["capabilities"] or {}),
+        health=row["health"],
+        health_error=row["health_error"],
+        checked_at=row["checked_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def check_host_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InputError(
+            f"invalid host name {name!r}",
+            "start with a letter or digit; then letters, digits, '_' and '-' (max 128)",
+        )
+    return name
+
+
+def _host_values(fields: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(fields) - HOST_FIELDS)
+    if unknown:
+        raise InputError(
+            f"cannot set host field(s) {', '.join(unknown)}",
+            f"settable host fields: {', '.join(sorted(HOST_FIELDS))}",
+        )
+    values: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key == "drained":
+            if not isinstance(value, bool):
+                raise InputError(f"drained={value!r} is not a boolean")
+        elif key == "capabilities":
+            value = json_object(value, "capabilities")
+        elif key == "health":
+            if value not in HEALTH_STATES:
+                raise InputError(
+                    f"health={value!r} is not valid", f"use one of: {', '.join(HEALTH_STATES)}"
+                )
+        elif key == "health_error":
+            if value is not None and not isinstance(value, str):
+                raise InputError(f"health_error={value!r} is not a string")
+        elif key == "checked_at" and value is not None:
+            value = aware(value, "checked_at")
+        values[key] = value
+    return values
+
+
+def _is_conflict(exc: StoreError) -> bool:
+    return isinstance(exc.__cause__, IntegrityError)
+
+
+class HostMethods(SqlBase):
+    """``HostStore`` over the ``hosts`` table."""
+
+    async def list_hosts(self) -> list[HostRecord]:
+        """Every row, by name."""
+        async with self._read() as conn:
+            rows = (await conn.execute(sa.select(hosts).order_by(hosts.c.name))).mappings()
+            return [host_from_row(r) for r in rows]
+
+    async def get_host(self, name: str) -> HostRecord:
+        async with self._read() as conn:
+            row = (await conn.execute(_BY_NAME, {"name": name})).mappings().first()
+        if row is None:
+            raise _host_not_found(name)
+        return host_from_row(row)
+
+    async def add_host(
+        self,
+        name: str,
+        *,
+        source: str,
+        config: dict[str, Any],
+        capabilities: dict[str, Any] | None = None,
+        health: str = "unknown",
+        health_error: str | None = None,
+        checked_at: datetime | None = None,
+    ) -> HostRecord:
+        """Register a host (``source`` "cli" or "api"). ``InputError`` when a registered
+        host of that name exists; a state-only row of a ``bosun.toml`` host of that name
+        (left behind when it was removed from the file) is replaced."""
+        check_host_name(name)
+        if source not in SOURCES or source == "config":
+            raise InputError(f"source={source!r} is not valid for add_host", "use cli or api")
+        state = _host_values(
+            {
+                "capabilities": capabilities or {},
+                "health": health,
+                "health_error": health_error,
+                "checked_at": checked_at,
+            }
+        )
+        config = json_object(config, "config")
+        for attempt in range(2):
+            try:
+                return await self._add_host(name, source, config, state)
+            except StoreError as exc:
+                if attempt or not _is_conflict(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @shielded
+    async def _add_host(
+        self, name: str, source: str, config: dict[str, Any], state: dict[str, Any]
+    ) -> HostRecord:
+        now = utcnow()
+        async with self._write() as tx:
+            row = (await tx.conn.execute(_BY_NAME, {"name": name})).mappings().first()
+            if row is not None and row["source"] != "config":
+                raise InputError(
+                    f"host {name!r} is already registered",
+                    f"remove it first with `bosun hosts rm {name}`, or pick another name",
+                )
+            if row is not None:
+                await tx.write(sa.delete(hosts).where(hosts.c.name == name))
+            values = {
+                "name": name,
+                "source": source,
+                "config": config,
+                "drained": False,
+                "created_at": now,
+                "updated_at": now,
+                **state,
+            }
+            await tx.write(sa.insert(hosts), values)
+            tx.new_work()  # a new host may take queued tasks
+            return await self._load(tx, name)
+
+    @shielded
+    async def remove_host(self, name: str) -> HostRecord:
+        """Delete a host's row (a registered host, or a config host's state); returns it."""
+        async with self._write() as tx:
+            record = await self._load(tx, name)
+            await tx.write(sa.delete(hosts).where(hosts.c.name == name))
+            return record
+
+    async def update_host(self, name: str, *, create: bool = False, **fields: Any) -> HostRecord:
+        """Set ``fields`` (names from ``HOST_FIELDS``). With ``create`` a missing row is
+        created as the state row of a ``bosun.toml`` host (source "config"); without it a
+        missing host is ``NotFound``."""
+        values = _host_values(fields)
+        for attempt in range(2):
+            try:
+                return await self._update_host(name, create, values)
+            except StoreError as exc:
+                if attempt or not _is_conflict(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @shielded
+    async def _update_host(self, name: str, create: bool, values: dict[str, Any]) -> HostRecord:
+        now = utcnow()
+        async with self._write() as tx:
+            changed = await tx.write(
+                sa.update(hosts).where(hosts.c.name == name).values(**values, updated_at=now)
+            )
+            if changed.rowcount == 0:
+                if not create:
+                    raise _host_not_found(name)
+                await self._insert_state_row(tx, name, now, values)
+            if values.get("drained") is False or values.get("health") == "healthy":
+                tx.new_work()
+            return await self._load(tx, name)
+
+    async def record_health(
+        self, name: str, *, healthy: bool, error: str | None = None, now: datetime | None = None
+    ) -> HostRecord:
+        """Store the result of a health check (creating a config host's state row when
+        missing). A change to unhealthy appends ``host.unhealthy`` ``{host, error}``, a
+        change from unhealthy to healthy ``host.healthy`` ``{host}``, in the same
+        transaction; only the writer that made the change appends it."""
+        when = aware(now or utcnow(), "now")
+        for attempt in range(2):
+            try:
+                return await self._record_health(name, healthy, error, when)
+            except StoreError as exc:
+                if attempt or not _is_conflict(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @shielded
+    async def _record_health(
+        self, name: str, healthy: bool, error: str | None, now: datetime
+    ) -> HostRecord:
+        check_host_name(name)
+        target = "healthy" if healthy else "unhealthy"
+        error = None if healthy else (error or "health check failed")[:2000]
+        state = {"health": target, "health_error": error, "checked_at": now, "updated_at": now}
+        async with self._write() as tx:
+            # only a host that was unhealthy "recovers"; unknown -> healthy is quiet
+            was_down = hosts.c.health == "unhealthy"
+            flip = was_down if healthy else sa.not_(was_down)
+            flipped = await tx.write(
+                sa.update(hosts).where(hosts.c.name == name, flip).values(**state)
+            )
+            changed = flipped.rowcount > 0
+            if not changed:
+                plain = await tx.write(sa.update(hosts).where(hosts.c.name == name).values(**state))
+                if plain.rowcount == 0:
+                    await self._insert_state_row(tx, name, now, state)
+                    changed = not healthy
+            if changed:
+                kind = "host.healthy" if healthy else "host.unhealthy"
+                data: dict[str, Any] = {"host": name}
+                if not healthy:
+                    data["error"] = error
+                await self._ops.lock_event_log(tx.conn)
+                await tx.write(sa.insert(events), [new_event_values(NewEvent(kind, data), now)])
+                if healthy:
+                    tx.new_work()
+            return await self._load(tx, name)
+
+    async def host_runs(self, host: str, statuses: Collection[RunStatus]) -> list[Run]:
+        """Runs on ``host`` in one of ``statuses``, by id (for reconciliation)."""
+        wanted = sorted(RunStatus(s).value for s in statuses)
+        if not wanted:
+            return []
+        stmt = (
+            sa.select(runs)
+            .where(runs.c.host == host, runs.c.status.in_(wanted))
+            .order_by(runs.c.id)
+        )
+        async with self._read() as conn:
+            return [run_from_row(r) for r in (await conn.execute(stmt)).mappings()]
+
+    # -- helpers -------------------------------------------------------------------------
+    async def _load(self, tx: Tx, name: str) -> HostRecord:
+        row = (await tx.conn.execute(_BY_NAME, {"name": name})).mappings().first()
+        if row is None:
+            raise _host_not_found(name)
+        return host_from_row(row)
+
+    async def _insert_state_row(
+        self, tx: Tx, name: str, now: datetime, values: Mapping[str, Any]
+    ) -> None:
+        check_host_name(name)
+        row = {
+            "name": name,
+            "source": "config",
+            "config": {},
+            "drained": False,
+            "capabilities": {},
+            "health": "unknown",
+            "health_error": None,
+            "checked_at": None,
+            "created_at": now,
+            "updated_at": now,
+            **values,
+        }
+        await tx.write(sa.insert(hosts), row)
+
+
+def _host_not_found(name: str) -> NotFound:
+    return NotFound(f"host {name!r} does not exist", "list hosts with `bosun hosts`")

@@ -1,0 +1,427 @@
+"""SshProvider against real sshd hosts: the provider contract, and what only SSH has."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bosun.config import HostConfig
+from bosun.errors import HostUnreachable, ProviderError
+from bosun.providers import ssh_run
+from bosun.providers.base import Command
+from bosun.providers.ssh import SshProvider
+from bosun.providers.tmux import session_for_run
+from tests.provider_contract import (
+    PATH_ENV,
+    ProviderContract,
+    drain,
+    process_running,
+    start,
+    wait_exit,
+    wait_file,
+)
+from tests.sshd import (  # noqa: F401
+    SshdFleet,
+    SshHost,
+    ssh_client_home_fixture,
+    ssh_client_key_fixture,
+    sshd_fixture,
+)
+
+pytestmark = pytest.mark.ssh
+
+
+def make_provider(fleet: SshdFleet, host: SshHost, state: Path, **overrides: Any) -> SshProvider:
+    table = fleet.host_table(host, **overrides)
+    return SshProvider(host.name, HostConfig(**table), str(state))
+
+
+def host_dir(host: SshHost, name: str) -> Path:
+    """A directory in the host user's home, owned by that user."""
+    path = host.home / name
+    path.mkdir(exist_ok=True)
+    os.chown(path, host.uid, host.lease.gid)
+    return path
+
+
+@pytest.fixture
+def host(sshd: SshdFleet) -> SshHost:
+    (h,) = sshd.start(1)
+    sshd.trust(h)
+    return h
+
+
+class TestSshProviderContract(ProviderContract):
+    """Every rule of the Provider protocol, on a real sshd."""
+
+    @pytest.fixture
+    async def provider(
+        self,
+        sshd: SshdFleet,
+        host: SshHost,
+        tmp_path: Path,
+    ) -> AsyncIterator[SshProvider]:
+        p = make_provider(sshd, host, tmp_path / "state")
+        await p.ensure_ready()
+        yield p
+        await p.aclose()
+
+    @pytest.fixture
+    def fresh_provider(
+        self,
+        sshd: SshdFleet,
+        host: SshHost,
+        tmp_path: Path,
+    ) -> Callable[[], SshProvider]:
+        return lambda: make_provider(sshd, host, tmp_path / "state")
+
+    @pytest.fixture
+    def workdir(self, host: SshHost) -> Path:
+        return host_dir(host, "work")
+
+
+# -- what only the SSH provider has -------------------------------------------------------
+@pytest.fixture
+async def provider(
+    sshd: SshdFleet,
+    host: SshHost,
+    tmp_path: Path,
+) -> AsyncIterator[SshProvider]:
+    p = make_provider(sshd, host, tmp_path / "state")
+    await p.ensure_ready()
+    yield p
+    await p.aclose()
+
+
+def session_commands(host: SshHost) -> int:
+    """Exec channels the host's sshd has started so far."""
+    return host.log_text().count("Starting session: command")
+
+
+async def test_one_connection_carries_everything(provider: SshProvider, host: SshHost) -> None:
+    work = host_dir(host, "work")
+    runs = [await start(provider, f"r{i}", ["sh", "-c", f"echo {i}"], work) for i in range(5)]
+    for i, run in enumerate(runs):
+        assert await wait_exit(run) == 0
+        assert (await drain(run))["stdout"] == [str(i)]
+        assert not await run.alive()
+    for _ in range(10):
+        assert (await provider.exec(["true"])).ok
+    assert provider.link.connects == 1
+    assert host.sessions() == 1  # sshd authenticated one connection, no more
+    assert provider.root == f"{host.home}/.bosun"
+    assert provider.home == str(host.home)
+
+
+async def test_more_concurrent_commands_than_channels(
+    sshd: SshdFleet,
+    tmp_path: Path,
+) -> None:
+    (h,) = sshd.start(1, max_sessions=3)
+    sshd.trust(h)
+    p = make_provider(sshd, h, tmp_path / "state", max_channels=3)
+    try:
+        await p.ensure_ready()
+        argv = ["sh", "-c", 'sleep 0.2; echo "$1"', "sh"]
+        results = await asyncio.gather(*(p.exec([*argv, str(i)]) for i in range(12)))
+        assert [r.stdout for r in results] == [f"{i}\n" for i in range(12)]
+        assert h.sessions() == 1
+    finally:
+        await p.aclose()
+
+
+async def test_channels_over_max_sessions_fail_with_the_fix(
+    sshd: SshdFleet,
+    tmp_path: Path,
+) -> None:
+    (h,) = sshd.start(1, max_sessions=2)
+    sshd.trust(h)
+    p = make_provider(sshd, h, tmp_path / "state", max_channels=8)
+    try:
+        await p.ensure_ready()
+        results = await asyncio.gather(
+            *(p.exec(["sleep", "0.5"]) for _ in range(6)), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, ProviderError)]
+        assert errors, results
+        assert "refused a new SSH channel" in errors[0].message
+        assert errors[0].hint is not None and "max_channels" in errors[0].hint
+    finally:
+        await p.aclose()
+
+
+async def test_lines_survive_reconnects_and_restarts(
+    sshd: SshdFleet,
+    host: SshHost,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ssh_run, "READ_CAP", 23)  # cut lines apart between reads
+    work = host_dir(host, "work")
+    script = 'i=1; while [ $i -le 200 ]; do echo "line-$i"; i=$((i+1)); sleep 0.005; done; exit 5'
+    first = make_provider(sshd, host, tmp_path / "state")
+    run = await start(first, "numbered", ["sh", "-c", script], work)
+    ref = run.ref
+    got: list[str] = []
+    offset = 0
+    current = first
+    rounds = 0
+    while True:
+        handle = await current.attach(ref)
+        for _ in range(4):
+            chunks = await handle.read(offset, 0, final=await handle.exit_code() is not None)
+            for chunk in chunks:
+                got.extend(chunk.lines)
+                offset = chunk.end_offset
+        if await handle.exit_code() is not None and not await handle.read(offset, 0, final=True):
+            break
+        rounds += 1
+        if rounds % 2:
+            # the connection dies under bosun: the host's side of it is killed
+            for pid, _pgid, argv in host.processes():
+                if argv and argv[0].startswith(f"sshd: {host.user}"):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(HostUnreachable):
+                await handle.read(offset, 0)
+        else:
+            await current.aclose()  # bosun restarts: a new provider attaches
+            current = make_provider(sshd, host, tmp_path / "state")
+    assert await handle.exit_code() == 5
+    await current.aclose()
+    assert got == [f"line-{i}" for i in range(1, 201)]
+    assert rounds >= 2
+
+
+async def test_exit_is_collected_when_the_run_ended_while_away(
+    sshd: SshdFleet,
+    host: SshHost,
+    tmp_path: Path,
+) -> None:
+    work = host_dir(host, "work")
+    p = make_provider(sshd, host, tmp_path / "state")
+    run = await start(
+        p,
+        "away",
+        ["sh", "-c", "echo a; while [ ! -e go ]; do sleep 0.02; done; echo b; exit 7"],
+        work,
+    )
+    for _ in range(500):
+        if chunks := await run.read(0, 0):
+            break
+        await asyncio.sleep(0.02)
+    assert chunks[0].lines == ("a",)
+    offset = chunks[0].end_offset
+    await p.aclose()
+    (work / "go").touch()
+    for _ in range(500):  # the run ends while no bosun is connected
+        if (Path(run.run_dir) / "exit").exists():
+            break
+        await asyncio.sleep(0.02)
+    later = make_provider(sshd, host, tmp_path / "state")
+    try:
+        again = await later.attach(run.ref)
+        assert await again.exit_code() == 7
+        assert [c.lines for c in await again.read(offset, 0, final=True)] == [("b",)]
+        assert not await again.alive()
+    finally:
+        await later.aclose()
+
+
+async def test_cancel_leaves_nothing_on_the_host(provider: SshProvider, host: SshHost) -> None:
+    work = host_dir(host, "work")
+    script = "sleep 300 & sleep 301 & (sleep 302 &) ; echo started > up; wait"
+    run = await start(provider, "cancel", ["sh", "-c", script], work)
+    await wait_file(work / "up")
+    pgid = run.ref["pgid"]
+    sleeps = [a for _p, g, a in host.processes() if g == pgid and a[:1] == ["sleep"]]
+    assert len(sleeps) == 3
+    await run.cancel(grace=5)
+    assert [a for _p, g, a in host.processes() if g == pgid] == []
+    assert not any(a[:1] == ["sleep"] for _p, _g, a in host.processes())
+    assert await run.exit_code() == 143
+
+
+async def test_without_setsid_the_run_still_has_a_group_of_its_own(
+    sshd: SshdFleet,
+    host: SshHost,
+    tmp_path: Path,
+) -> None:
+    work = host_dir(host, "work")
+    p = make_provider(sshd, host, tmp_path / "state")
+    p = SshProvider(host.name, p.config, str(tmp_path / "state"), use_setsid=False)
+    try:
+        run = await start(p, "nosetsid", ["sh", "-c", "sleep 300 & echo up > up; wait"], work)
+        await wait_file(work / "up")
+        pid, pgid = run.ref["pid"], run.ref["pgid"]
+        assert pid != pgid  # the group sshd made for the launching command
+        assert (Path(run.run_dir) / "pgid").read_text().strip() == str(pgid)
+        members = {p for p, g, _a in host.processes() if g == pgid}
+        assert pid in members and len(members) == 3  # wrapper, sh, sleep
+        assert await run.alive()
+        assert (await p.attach({"run_dir": run.run_dir})).ref == run.ref
+        await run.cancel(grace=5)
+        assert not await run.alive()
+        assert [a for _p, g, a in host.processes() if g == pgid] == []
+        assert await run.exit_code() == 143
+    finally:
+        await p.aclose()
+
+
+async def test_a_killed_wrapper_leaves_the_group_alive_until_cancel(
+    provider: SshProvider, host: SshHost
+) -> None:
+    work = host_dir(host, "work")
+    run = await start(provider, "wrapper", ["sh", "-c", "echo up > up; sleep 300"], work)
+    await wait_file(work / "up")
+    os.kill(run.ref["pid"], signal.SIGKILL)  # only the wrapper, not its group
+    assert await run.alive()  # the agent itself still runs
+    assert await run.exit_code() is None
+    await run.cancel(grace=5)
+    assert not await run.alive()
+    assert await run.exit_code() == 143  # recorded by cancel: the wrapper could not
+
+
+async def test_alive_checks_cost_no_process_or_share_one_channel(
+    sshd: SshdFleet, host: SshHost, tmp_path: Path, provider: SshProvider
+) -> None:
+    work = host_dir(host, "work")
+    # Linux host, leader alive: read from /proc over SFTP, no command started
+    runs = [await start(provider, f"s{i}", ["sleep", "300"], work) for i in range(10)]
+    for run in runs:  # the wrapper has started: its own session and group exist
+        await wait_file(Path(run.run_dir) / "pid")
+    before = session_commands(host)
+    assert await asyncio.gather(*(r.alive() for r in runs)) == [True] * 10
+    assert session_commands(host) == before
+    # without setsid the group's leader (the launcher) is gone: kill -0, batched
+    plain = make_provider(sshd, host, tmp_path / "state")
+    p = SshProvider(host.name, plain.config, str(tmp_path / "state"), use_setsid=False)
+    try:
+        more = [await start(p, f"n{i}", ["sleep", "300"], work) for i in range(20)]
+        before = session_commands(host)
+        assert await asyncio.gather(*(r.alive() for r in more)) == [True] * 20
+        assert session_commands(host) - before <= 2
+        await asyncio.gather(*(r.cancel(grace=2) for r in [*runs, *more]))
+        assert await asyncio.gather(*(r.alive() for r in [*runs, *more])) == [False] * 30
+    finally:
+        await p.aclose()
+
+
+async def test_env_values_never_cross_a_command_line(
+    provider: SshProvider, host: SshHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = host_dir(host, "work")
+    lines: list[str] = []
+    real_run = provider.link.run
+
+    async def spy(command: str, **kwargs: Any) -> tuple[int, bytes, bytes]:
+        lines.append(command)
+        return await real_run(command, **kwargs)
+
+    monkeypatch.setattr(provider.link, "run", spy)
+    secret = "sk-secret-4711"
+    run = await start(
+        provider,
+        "secret",
+        ["sh", "-c", 'printf %s "$API_KEY" > key.out; echo ok'],
+        work,
+        env={**PATH_ENV, "API_KEY": secret},
+    )
+    assert await wait_exit(run) == 0
+    assert (await drain(run))["stdout"] == ["ok"]
+    assert (work / "key.out").read_text() == secret
+    assert lines and not any(secret in line for line in lines)
+    assert not (Path(run.run_dir) / "env.sh").exists()  # loaded, then deleted
+
+
+async def test_a_lost_connection_is_unreachable_not_an_exit_code(
+    provider: SshProvider, host: SshHost
+) -> None:
+    pending = asyncio.ensure_future(provider.exec(["sleep", "30"]))
+    for _ in range(500):
+        if any(a[:1] == ["sleep"] for _p, _g, a in host.processes()):
+            break
+        await asyncio.sleep(0.02)
+    for pid, _pgid, argv in host.processes():
+        if argv and argv[0].startswith(f"sshd: {host.user}"):
+            os.kill(pid, signal.SIGKILL)
+    with pytest.raises(HostUnreachable) as info:
+        await pending
+    assert "unreachable" in info.value.message and "lost" in info.value.message
+    assert (await provider.exec(["echo", "back"])).stdout == "back\n"  # reconnected
+    assert provider.link.connects == 2
+
+
+async def test_existing_connection_outlives_the_listener(
+    provider: SshProvider, host: SshHost
+) -> None:
+    host.kill_listener()
+    assert (await provider.exec(["echo", "still"])).stdout == "still\n"
+    work = host_dir(host, "work")
+    run = await start(provider, "nolistener", ["echo", "fine"], work)
+    assert await wait_exit(run) == 0
+
+
+async def test_cancelled_exec_kills_the_remote_command(
+    provider: SshProvider, host: SshHost
+) -> None:
+    work = host_dir(host, "work")
+    task = asyncio.ensure_future(
+        provider.exec(["sh", "-c", "sleep 300 & echo $! > kid; wait"], cwd=str(work))
+    )
+    kid = int(await wait_file(work / "kid"))
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    for _ in range(250):
+        if not process_running(kid):
+            break
+        await asyncio.sleep(0.02)
+    assert not process_running(kid)
+
+
+async def test_files_move_both_ways(provider: SshProvider, host: SshHost, tmp_path: Path) -> None:
+    local = tmp_path / "bundle"
+    local.write_bytes(b"\x00git bundle\xff" * 1000)
+    remote = f"{host_dir(host, 'xfer')}/bundle"
+    await provider.upload(str(local), remote)
+    assert Path(remote).read_bytes() == local.read_bytes()
+    back = tmp_path / "back"
+    await provider.download(remote, str(back))
+    assert back.read_bytes() == local.read_bytes()
+    with pytest.raises(ProviderError, match="cannot download"):
+        await provider.download(f"{remote}-missing", str(back))
+
+
+async def test_tmux_mode_runs_the_same_protocol_on_the_host(
+    provider: SshProvider, host: SshHost
+) -> None:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (scripts/check installs it)")
+    work = host_dir(host, "work")
+    run_dir = await provider.run_dir("tmux-1")
+    session = session_for_run(run_dir)
+    cmd = Command(
+        argv=("sh", "-c", 'echo "out $T"; echo err >&2; exit 4'),
+        cwd=str(work),
+        env={**PATH_ENV, "T": "tmux"},
+        tmux=session,
+    )
+    run = await provider.launch(cmd, run_dir)
+    assert await wait_exit(run) == 4
+    assert await drain(run) == {"stdout": ["out tmux"], "stderr": ["err"]}
+    stubborn = await provider.launch(
+        Command(("sleep", "300"), str(work), PATH_ENV, tmux=session_for_run(run_dir + "x")),
+        await provider.run_dir("tmux-1x"),
+    )
+    assert await stubborn.alive()
+    await stubborn.cancel(grace=2)
+    assert not await stubborn.alive()
+    assert [a for _p, g, a in host.processes() if g == stubborn.ref["pgid"]] == []
