@@ -33,7 +33,6 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from bosun.store import open_store
-from bosun.store.schema import metadata
 
 __all__ = [
     "ADMIN_URL",
@@ -160,14 +159,19 @@ def pg_database(pg_server: str) -> Iterator[str]:
 
 
 def truncate_all(url: str) -> None:
-    """Empty every table of bosun's schema and restart the id sequences."""
-    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+    """Empty every table but ``alembic_version`` and restart the id sequences."""
 
     async def run() -> None:
         dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         conn = await asyncpg.connect(dsn, timeout=10)
         try:
-            await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+            names = await conn.fetch(
+                "SELECT quote_ident(tablename) AS name FROM pg_tables"
+                " WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+            )
+            if names:
+                tables = ", ".join(row["name"] for row in names)
+                await conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
         finally:
             await conn.close()
 

@@ -461,3 +461,27 @@ async def test_a_missing_agent_program_fails_once_and_marks_the_agent_unhealthy(
     assert failed.error.startswith("agent ghost on host local: ")
     assert "no-such-agent-cli-xyz is not installed" in failed.error
     assert "agent.unhealthy" in kinds
+
+
+async def test_a_retry_is_told_how_the_previous_attempt_failed(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    # Attempt 1 says why it fails and exits 3; attempt 2 succeeds. Both keep their prompt.
+    script = (
+        f'cat > {prompts}/"$(basename "$0")"; '
+        'case "$0" in *attempt-1) echo "disk quota exceeded on /data" >&2; exit 3;; esac'
+    )
+    settings = make_settings(
+        agents={"flaky": {"command": ["sh", "-c", script, "{run_dir}"]}},
+        limits={"max_attempts": 2},
+    )
+    async with await Service.open(settings) as svc:
+        task = await svc.submit(TaskSpec(title="retry me", agent="flaky"))
+        await run_burst(svc)
+        assert (await svc.get(task.id)).status is TaskStatus.COMPLETED
+    first = (prompts / f"task-{task.id}-attempt-1").read_text()
+    second = (prompts / f"task-{task.id}-attempt-2").read_text()
+    assert "Previous attempt" not in first
+    assert "Previous attempt" in second and "disk quota exceeded on /data" in second

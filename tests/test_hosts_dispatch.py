@@ -14,7 +14,6 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -332,7 +331,6 @@ async def test_runs_on_a_host_unreachable_past_the_limit_are_retried_elsewhere_o
     make_settings: SettingsFactory, tmp_path: Path, mode: str
 ) -> None:
     settings = two_hosts(make_settings, slow={"command": _attempt_script(tmp_path)})
-    hb = settings.limits.heartbeat_seconds
     limit = unreachable_limit(settings)
     outage = Outage()
     outage.hang = mode == "dropped"
@@ -360,24 +358,26 @@ async def test_runs_on_a_host_unreachable_past_the_limit_are_retried_elsewhere_o
     assert lines == ["started", "quick"]  # each once: nothing lost, nothing run twice
     assert done.attempt == 2
     gone = _first(all_events, "run.abandoned")
-    began = gone.created_at - timedelta(seconds=gone.data["unreachable_for"])
     redispatched = next(
         e
         for e in all_events
         if e.kind == "task.status" and e.data.get("to") == "running" and e.data["attempt"] == 2
     )
     assert redispatched.data["host"] == "b"
-    # given up only past the limit (two heartbeat intervals), and re-dispatched right then
+    # given up once the limit (two heartbeat intervals) had passed, not before ...
     assert gone.data["unreachable_for"] >= limit == gone.data["limit"]
-    assert _seconds(began, redispatched.created_at) <= limit + 2 * hb + 1.0
+    # ... and re-dispatched right then: the task's next status changes are the re-queue
+    # and the claim on b (no wall-clock bound: the machine's speed is not under test)
+    after = [
+        e.data["to"]
+        for e in all_events
+        if e.kind == "task.status" and e.task_id == task.id and e.id > gone.id
+    ]
+    assert after[:2] == ["queued", "running"], after
 
 
 def _first(evs: Sequence[Event], kind: str) -> Event:
     return next(e for e in evs if e.kind == kind)
-
-
-def _seconds(a: datetime, b: datetime) -> float:
-    return (b - a).total_seconds()
 
 
 async def test_a_host_back_within_the_limit_keeps_its_run_and_every_line(

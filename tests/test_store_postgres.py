@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -29,7 +30,6 @@ from bosun.store.base import TaskFilter
 from bosun.store.connect import alembic_config
 from bosun.store.schema import metadata
 from tests.contract_hosts import HostStoreContract
-from tests.contract_pull import PullContract
 from tests.contract_tokens import TokenContract
 from tests.pg import FreshDatabase, fresh_pg_database, pg_database, pg_server, pg_url
 from tests.store_contract import (
@@ -74,8 +74,8 @@ class TestPostgresHostStoreContract(HostStoreContract):
     """The host registry (``bosun.store.sql_hosts``) on PostgreSQL."""
 
 
-class TestPostgresPullContract(PullContract):
-    """The pull protocol (``bosun.store.sql_pull``) on PostgreSQL."""
+# The pull protocol's contract runs on PostgreSQL in tests/test_pull_postgres.py, the
+# review loop's in tests/test_review_store.py.
 
 
 # -- URLs and connection errors ------------------------------------------------------------
@@ -83,13 +83,26 @@ def _with_scheme(url: str, scheme: str) -> str:
     return scheme + url.split("://", 1)[1]
 
 
-@pytest.mark.parametrize("scheme", ["postgresql://", "postgres://", "postgresql+asyncpg://"])
-async def test_every_postgres_url_form_opens_the_store(pg_url: str, scheme: str) -> None:
-    opened = await open_store(_with_scheme(pg_url, scheme))
+@pytest.mark.parametrize(
+    ("scheme", "query"),
+    [
+        ("postgresql://", ""),
+        ("postgres://", ""),
+        ("postgresql+asyncpg://", ""),
+        ("postgresql://", "?timeout=30&command_timeout=60"),
+    ],
+)
+async def test_every_postgres_url_form_opens_the_store(
+    pg_url: str, scheme: str, query: str
+) -> None:
+    opened = await open_store(_with_scheme(pg_url, scheme) + query)
     try:
         assert opened.engine.url.drivername == "postgresql+asyncpg"
         task = await add(opened, scheme)
         assert (await opened.get_task(task.id)).title == scheme
+        await opened.wait_for_change(0.01)  # the LISTEN connection takes the query too
+        ops = opened._ops
+        assert isinstance(ops, dialects.PostgresOps) and ops._listener is not None
     finally:
         await opened.aclose()
 
@@ -101,6 +114,7 @@ async def test_every_postgres_url_form_opens_the_store(pg_url: str, scheme: str)
         ("postgresql+pg8000://u:s3cret@127.0.0.1/db", "driver", "asyncpg"),
         ("postgresql://u:s3cret@127.0.0.1", "names no database", "createdb"),
         ("postgres://u:s3cret@127.0.0.1:5432/", "names no database", "createdb"),
+        ("postgresql://u:s3cret@127.0.0.1/db?timeout=soon", "positive number", "timeout=30"),
     ],
 )
 async def test_bad_postgres_urls_are_refused(url: str, message: str, hint: str) -> None:
@@ -142,6 +156,29 @@ async def test_failed_authentication_is_a_store_error_with_a_hint(pg_url: str) -
         await open_store(url.render_as_string(hide_password=False))
     assert "user" in (caught.value.hint or "")
     assert "s3cret" not in str(caught.value)
+
+
+async def test_connections_the_server_dropped_are_replaced(pg_url: str) -> None:
+    """A restarted server (here: every bosun session on the database terminated) costs a
+    reconnect, not an error: pooled connections are checked before use."""
+    opened = await open_store(pg_url)
+    try:
+        await asyncio.gather(*(add(opened, f"before {i}") for i in range(4)))  # fill the pool
+        dsn = make_url(pg_url).set(drivername="postgresql").render_as_string(False)
+        admin = await asyncpg.connect(dsn)
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND application_name LIKE 'bosun%'"
+            )
+        finally:
+            await admin.close()
+        assert killed >= 1
+        task = await add(opened, "after")
+        assert (await opened.get_task(task.id)).title == "after"
+    finally:
+        await opened.aclose()
 
 
 # -- migrations -------------------------------------------------------------------------------

@@ -306,7 +306,7 @@ class Attempt:
     # -- internals ---------------------------------------------------------------------
     async def _prompt(self, wt: Worktree) -> str:
         """The prompt of this attempt (the pull worker uses the one its server built)."""
-        return task_prompt(self.task, self.ctx.settings, branch=wt.branch)
+        return await task_prompt(self.ctx.store, self.task, self.ctx.settings, branch=wt.branch)
 
     def _resuming_session(self) -> bool:
         return bool(self.task.session_id) and self.task.review_count > 0
@@ -699,9 +699,14 @@ class Attempt:
         await self._settle(outcome, [], Worktree(path="", branch=None, base_sha=None, repo=None))
 
 
-def task_prompt(task: Task, settings: Settings, *, branch: str | None) -> str:
+async def task_prompt(store: Store, task: Task, settings: Settings, *, branch: str | None) -> str:
     """The prompt of the task's current attempt, on ``branch``; the same for a local run
-    and for a pull agent (``bosun.server.routes_pull``)."""
+    and for a pull agent (``bosun.server.routes_pull``). A retry is told how the previous
+    attempt failed (the claim cleared the task's error; its run keeps it)."""
+    previous_error = None
+    if task.attempt > 1:
+        earlier = [r for r in await store.list_runs(task.id) if r.attempt < task.attempt]
+        previous_error = earlier[-1].error if earlier else None
     base = None
     if task.repo is not None:
         base = task.base_branch or settings.repos[task.repo].default_branch
@@ -715,7 +720,7 @@ def task_prompt(task: Task, settings: Settings, *, branch: str | None) -> str:
         base_branch=base,
         scope=task.scope,
         attempt=task.attempt,
-        previous_error=task.error if task.attempt > 1 else None,
+        previous_error=previous_error,
         # a rework run addresses the review that sent the task back (bosun.review)
         review=task.review_feedback if task.review_count > 0 else None,
     )

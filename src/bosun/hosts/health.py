@@ -30,6 +30,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from bosun import scheduler
 from bosun.config import HostConfig, Settings
@@ -37,7 +38,7 @@ from bosun.errors import BosunError, ConfigError
 from bosun.hosts.capabilities import probe
 from bosun.hosts.check import ProviderFactory
 from bosun.hosts.registry import Host, Registry, merge, with_hosts
-from bosun.models import NewEvent, RunStatus
+from bosun.models import ErrorKind, NewEvent, RunStatus, TaskStatus
 from bosun.providers.base import Provider
 from bosun.store.base import HostStore, Store
 
@@ -238,7 +239,9 @@ class Fleet:
     # -- reconciliation --------------------------------------------------------------------
     async def reconcile(self, name: str) -> int:
         """Kill what is left of the runs bosun gave up on while ``name`` was unreachable
-        (their tasks were retried elsewhere). Returns how many were still running."""
+        (their tasks were retried elsewhere), and of runs no dispatcher follows because
+        their task was cancelled while nothing could reach the host to stop them. Returns
+        how many were still running."""
         provider = self.providers.get(name)
         if provider is None or self.host_store is None:
             return 0
@@ -275,6 +278,65 @@ class Fleet:
                                 "host": name,
                                 "reason": "given up while the host was unreachable; "
                                 "the task was retried elsewhere",
+                            },
+                            task_id=run.task_id,
+                            run_id=run.id,
+                        )
+                    )
+        return killed + await self._reconcile_orphans(name, provider, self.host_store)
+
+    async def _reconcile_orphans(self, name: str, provider: Provider, hosts: HostStore) -> int:
+        """Runs still recorded as going that no dispatcher follows: their task was cancelled
+        (or cancelled and queued again) while ``bosun cancel`` could not reach the host
+        (``run.cancel_failed``). A dispatcher follows only a running task's current
+        attempt. Kill each that still runs and record its end."""
+        killed = 0
+        for run in await hosts.host_runs(name, [RunStatus.STARTING, RunStatus.RUNNING]):
+            try:
+                task = await self.store.get_task(run.task_id)
+            except BosunError:
+                continue
+            followed = task.status is TaskStatus.RUNNING and task.attempt == run.attempt
+            if followed or "run_dir" not in run.ref:
+                continue
+            alive = False
+            code: int | None = None
+            try:
+                async with asyncio.timeout(probe_timeout(self.settings) + self.cancel_grace + 5):
+                    handle = await provider.attach(run.ref)
+                    alive = await handle.alive()
+                    if alive:
+                        await handle.cancel(self.cancel_grace)
+                    code = await handle.exit_code()
+            except TimeoutError:
+                return killed  # the host went away again: next time
+            except BosunError:
+                alive = False  # its run directory is gone: nothing left to stop
+            except Exception:
+                log.warning("reconciling run %s on %s failed", run.id, name, exc_info=True)
+                continue
+            cancelled = task.status is TaskStatus.CANCELLED
+            with contextlib.suppress(BosunError):
+                await self.store.update_run(
+                    run.id,
+                    status=RunStatus.CANCELLED if cancelled else RunStatus.LOST,
+                    exit_code=code,
+                    error_kind=ErrorKind.CANCELLED if cancelled else ErrorKind.LOST,
+                    error="cancelled by a user"
+                    if cancelled
+                    else "stopped by bosun: its task had moved on (cancelled, then retried)",
+                    ended_at=datetime.now(UTC),
+                )
+                if alive:
+                    killed += 1
+                    await self.store.append_event(
+                        NewEvent(
+                            "run.stray_killed",
+                            {
+                                "run_id": run.id,
+                                "host": name,
+                                "reason": "its task was cancelled while bosun could not "
+                                "reach the host",
                             },
                             task_id=run.task_id,
                             run_id=run.id,

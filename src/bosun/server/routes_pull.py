@@ -238,7 +238,7 @@ async def _assignment(
         base = await base_for_prepare(store, task) or default
     # A repository dropped from bosun.toml since the submit: no URL, and no prompt either.
     known = task.repo is None or repo is not None
-    prompt = task_prompt(task, settings, branch=branch) if known else ""
+    prompt = await task_prompt(store, task, settings, branch=branch) if known else ""
     return {
         "task": task.to_json(),
         "prompt": prompt,

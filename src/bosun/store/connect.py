@@ -38,7 +38,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from bosun.errors import StoreError
 from bosun.store.dialects import (
     CONNECT_TIMEOUT,
+    NUMERIC_CONNECT_ARGS,
     SERVER_SETTINGS,
+    coerce_connect_args,
     describe_postgres_error,
     ops_for,
 )
@@ -137,6 +139,17 @@ def _postgres_url(parsed: URL, shown: str) -> URL:
             "add the database name: postgresql://user@host:5432/dbname "
             "(create it first with `createdb dbname`)",
         )
+    for name in NUMERIC_CONNECT_ARGS:
+        text = parsed.query.get(name)
+        try:
+            value = float(text if isinstance(text, str) else "nan") if text is not None else 1.0
+        except ValueError:
+            value = -1.0
+        if not value > 0:
+            raise StoreError(
+                f"database URL {shown}: {name} must be a positive number of seconds",
+                f"write e.g. ?{name}=30 (once)",
+            )
     return parsed.set(drivername="postgresql+asyncpg")
 
 
@@ -145,7 +158,7 @@ def postgres_engine(url: URL) -> AsyncEngine:
     connect_args: dict[str, Any] = {"server_settings": dict(SERVER_SETTINGS)}
     if "timeout" not in url.query:
         connect_args["timeout"] = CONNECT_TIMEOUT
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         json_serializer=functools.partial(json.dumps, allow_nan=False),
         pool_pre_ping=True,
@@ -153,6 +166,12 @@ def postgres_engine(url: URL) -> AsyncEngine:
         max_overflow=PG_MAX_OVERFLOW,
         connect_args=connect_args,
     )
+    event.listen(engine.sync_engine, "do_connect", _on_pg_connect)
+    return engine
+
+
+def _on_pg_connect(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+    coerce_connect_args(cparams)  # ?timeout=30 arrives as text; asyncpg wants a number
 
 
 def sqlite_engine(url: URL) -> AsyncEngine:

@@ -17,8 +17,10 @@
   milliseconds of the COMMIT. See docs/postgres.md.
 
 Lock order, which keeps PostgreSQL free of deadlocks between bosun's own transactions:
-advisory locks for claims or dependencies first, then task rows, the event-log lock last
-(every method inserts its events as its final statement, and ``NOTIFY`` after that).
+advisory locks for claims or dependencies first, then task rows, the event-log lock last.
+After taking the event-log lock a transaction waits for no other transaction: it inserts
+its events as its last statement (``NOTIFY`` and COMMIT follow), or it has locked every
+row it goes on to change before (``claim_batch``, whose candidates are locked up front).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -59,6 +61,15 @@ SERVER_SETTINGS = {"application_name": "bosun"}
 LISTEN_RETRY_SECONDS = 5.0
 #: Write transactions of one process at a time (the rest wait here, not for a pool slot).
 MAX_PG_WRITERS = 8
+#: asyncpg keyword arguments that are numbers, though a URL's query gives them as text.
+NUMERIC_CONNECT_ARGS = ("timeout", "command_timeout")
+
+
+def coerce_connect_args(params: MutableMapping[str, Any]) -> None:
+    """Turn the numeric connection parameters of a URL's query into numbers (in place)."""
+    for name in NUMERIC_CONNECT_ARGS:
+        if isinstance(params.get(name), str):
+            params[name] = float(params[name])
 
 
 def _advisory_key(n: int) -> int:
@@ -268,8 +279,9 @@ class PostgresOps:
         _args, kwargs = self._engine.dialect.create_connect_args(self._engine.url)
         for adapter_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):
             kwargs.pop(adapter_only, None)
+        coerce_connect_args(kwargs)
         kwargs.setdefault("timeout", CONNECT_TIMEOUT)
-        kwargs.setdefault("server_settings", SERVER_SETTINGS)
+        kwargs.setdefault("server_settings", {"application_name": "bosun (listen)"})
         conn: asyncpg.Connection = await asyncpg.connect(**kwargs)
         try:
             await conn.add_listener(CHANNEL, self._on_notification)

@@ -8,9 +8,9 @@ through ``_read`` (a plain deferred transaction: a consistent snapshot that neve
 On PostgreSQL writers run concurrently, so a write transaction locks what it reads in
 order to change it: task rows with ``FOR NO KEY UPDATE`` (``_load_task(lock=True)``;
 nothing on SQLite), claims and dependency bookkeeping with advisory locks, and the event
-log with an advisory lock taken right before the events are inserted, which every method
-does as its last statement (the lock order that keeps bosun's transactions free of
-deadlocks: ``bosun.store.dialects``).
+log with an advisory lock taken right before the events are inserted, at the end of the
+transaction (the lock order that keeps bosun's transactions free of deadlocks is in
+``bosun.store.dialects``).
 
 The few things that differ between SQLite and PostgreSQL live in ``bosun.store.dialects``;
 everything here is portable Core.
@@ -525,7 +525,9 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
         if not new:
             return []
         rows = [new_event_values(event, now) for event in new]
-        await self._ops.lock_event_log(tx.conn)
+        if not tx.events_locked:  # held until the transaction ends: once is enough
+            await self._ops.lock_event_log(tx.conn)
+            tx.events_locked = True
         stmt = _INSERT_EVENTS
         return [event_from_row(r) for r in (await tx.write(stmt, rows)).mappings()]
 

@@ -79,6 +79,7 @@ class Tx:
     conn: AsyncConnection
     wrote: bool = False
     work: bool = False
+    events_locked: bool = False  # the event-log lock is held (PostgreSQL: until COMMIT)
 
     async def write(self, stmt: Executable, params: Any = None) -> CursorResult[Any]:
         self.wrote = True
