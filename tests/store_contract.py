@@ -785,6 +785,16 @@ class StoreContract:
     ) -> None:
         await wakes_on_peer_submit(store.wait_for_change(60), peer_store)
 
+    @pytest.mark.parametrize("writer", ["own", "peer"])
+    async def test_wait_for_change_after_sees_a_write_that_came_before_the_wait(
+        self, store: Store, peer_store: Store, writer: str
+    ) -> None:
+        # A reader noted the newest id, read, and an event landed before it began to wait:
+        # the wait must end at once instead of sleeping through it (a lost wake-up).
+        seen = await store.last_event_id()
+        await add(store if writer == "own" else peer_store)
+        await asyncio.wait_for(store.wait_for_change(60, after=seen), 10)
+
     async def test_wait_for_work_wakes_on_submit_and_requeue(self, store: Store) -> None:
         waiter = asyncio.ensure_future(store.wait_for_work(60))
         await asyncio.sleep(0)

@@ -299,7 +299,10 @@ class Service:
                     if not tail:
                         return
                     continue
-            await self.store.wait_for_change(poll)
+            seen = await self.store.last_event_id()  # see Store.wait_for_change
+            if await self.store.events_since(cursor, task_id=task_id, limit=1):
+                continue
+            await self.store.wait_for_change(poll, after=seen)
 
     # -- agents and hosts --------------------------------------------------------------
     async def agents(self) -> list[dict[str, Any]]:

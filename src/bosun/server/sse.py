@@ -88,4 +88,9 @@ async def event_stream(
             last_write = time.monotonic()
             yield ": keep-alive\n\n"
             idle = 0.0
-        await store.wait_for_change(max(0.01, min(MAX_WAIT, keepalive - idle)))
+        # Idle: note the newest event id, look once more, then wait for anything newer
+        # (an event written between the read above and the wait still ends it at once).
+        seen = await store.last_event_id()
+        if await store.events_since(cursor, task_id=task_id, limit=1):
+            continue
+        await store.wait_for_change(max(0.01, min(MAX_WAIT, keepalive - idle)), after=seen)

@@ -233,9 +233,12 @@ class Store(Protocol):
         output line."""
         ...
 
-    async def wait_for_change(self, timeout: float) -> None:
+    async def wait_for_change(self, timeout: float, *, after: int | None = None) -> None:
         """Return when something was written (by this process: at once; by another
-        process: within the poll interval) or after ``timeout`` seconds."""
+        process: within the poll interval) or after ``timeout`` seconds. With ``after``
+        (``last_event_id()`` read before the caller's own read), at once when a newer
+        event exists: a reader that reads ``last_event_id``, then its events, then waits
+        with ``after`` never sleeps through an event written in between."""
         ...
 
 

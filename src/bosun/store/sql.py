@@ -476,15 +476,22 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
         # scheduling pass, while a query here would cost one on every wait.
         await self._wait(fired, timeout, self._seen_event_id)
 
-    async def wait_for_change(self, timeout: float) -> None:
+    async def wait_for_change(self, timeout: float, *, after: int | None = None) -> None:
         """Return on a write by this process (at once), a write by another process (within
         milliseconds on PostgreSQL, within the poll interval on SQLite: a new event), or
-        after ``timeout`` seconds."""
-        fired = self._changed
+        after ``timeout`` seconds. With ``after`` (an event id read before the caller's
+        last read), also at once when an event newer than it exists already: no wake-up
+        is lost to a write that landed between that read and this call."""
+        fired = self._changed  # every write from now on sets it
+        newest = await self._last_event_id() if after is not None else None
+        if after is not None and newest is not None and newest > after:
+            return
         if await self._ops.listen(self._on_peer_write):
             await _until(fired, timeout)
             return
-        await self._wait(fired, timeout, await self._last_event_id())
+        await self._wait(
+            fired, timeout, newest if newest is not None else await self._last_event_id()
+        )
 
     async def _wait(self, fired: asyncio.Event, timeout: float, baseline: int) -> None:
         """Until ``fired`` is set, the newest event id differs from ``baseline`` (polled),
