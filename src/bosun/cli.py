@@ -588,11 +588,21 @@ def serve(
     config: ConfigOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     bind: Annotated[
-        str | None, typer.Option("--bind", metavar="ADDR", help="Default: [server] bind.")
+        str | None,
+        typer.Option(
+            "--bind",
+            metavar="ADDR",
+            help="Default: bind in the \\[server] table of bosun.toml (127.0.0.1).",
+        ),
     ] = None,
     port: Annotated[
         int | None,
-        typer.Option("--port", min=0, max=65535, help="Default: [server] port (0: any free)."),
+        typer.Option(
+            "--port",
+            min=0,
+            max=65535,
+            help="Default: port in the \\[server] table (8765); 0: any free port.",
+        ),
     ] = None,
 ) -> None:
     """Run the HTTP API and keep dispatching until SIGINT or SIGTERM; running agents keep

@@ -659,6 +659,8 @@ state_dir = ".bosun"
 [database]
 # SQLite by default; a relative path is relative to this file's directory.
 # url = "sqlite:///.bosun/bosun.db"
+# PostgreSQL, which lets several `bosun serve` replicas share one queue, takes a URL like
+# postgresql://bosun@127.0.0.1:5432/bosun (see docs/postgres.md).
 
 # --- repositories -------------------------------------------------------------------
 # One [repos.NAME] table per repository that tasks may change. Each task gets its own
