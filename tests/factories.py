@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from bosun.models import ExecutionMode, Task, TaskStatus
+from bosun.models import ExecutionMode, Run, RunStatus, Task, TaskStatus
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -49,3 +49,29 @@ def make_task(task_id: int = 1, **overrides: Any) -> Task:
     }
     values.update(overrides)
     return Task(**values)
+
+
+def make_run(run_id: int = 1, **overrides: Any) -> Run:
+    """A running first attempt of task 1 on host ``local``."""
+    values: dict[str, Any] = {
+        "id": run_id,
+        "task_id": 1,
+        "attempt": 1,
+        "host": "local",
+        "agent": "echo",
+        "status": RunStatus.RUNNING,
+        "ref": {},
+        "stdout_offset": 0,
+        "stderr_offset": 0,
+        "exit_code": None,
+        "error_kind": None,
+        "error": None,
+        "session_id": None,
+        "tokens_in": 0,
+        "tokens_out": 0,
+        "cost_usd": 0.0,
+        "started_at": T0,
+        "ended_at": None,
+    }
+    values.update(overrides)
+    return Run(**values)

@@ -5,7 +5,7 @@ HTTP server on 127.0.0.1) and a way to post signed webhooks to the app.
 Use from a test module::
 
     from tests.forgekit import Rig, rig_for
-    from tests.test_store_sqlite import migrated_db  # the template database
+    from tests.store_fixtures import migrated_db  # the template database
 
     @pytest.fixture
     async def rig(make_settings, migrated_db, tmp_path, monkeypatch, origin):
@@ -23,7 +23,6 @@ import shutil
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from bosun.store import open_store
 from bosun.store.sql import SqlStore
 from tests.conftest import SettingsFactory, git
 from tests.fakes.forge import FakeForge
+from tests.fakes.threaded_http import QuietHandler, ThreadedServer
 
 __all__ = ["SECRET", "TOKEN", "Receiver", "Rig", "forge_table", "receiver", "rig_for"]
 
@@ -179,10 +179,7 @@ class Receiver:
 def receiver() -> Iterator[Receiver]:
     got = Receiver()
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             with got.lock:
@@ -194,14 +191,6 @@ def receiver() -> Iterator[Receiver]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    got.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    try:
+    with ThreadedServer(Handler, "notification-receiver") as server:
+        got.url = f"http://127.0.0.1:{server.port}/hook"
         yield got
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)

@@ -10,6 +10,8 @@ and supplies three fixtures:
 - ``workdir``: a directory on the provider's host where the host's user may write, used as
   the working directory of runs. The test hosts of every provider live on this machine,
   so the tests check files and processes through this machine's file system and /proc.
+
+It may also override ``small_reads`` (see there).
 """
 
 from __future__ import annotations
@@ -154,6 +156,12 @@ class ProviderContract:
         assert {"run_dir", "pgid", "pid"} <= set(run.ref)
         assert (run_dir / "pid").read_text().strip() == str(run.ref["pid"])
 
+    @pytest.fixture
+    def small_reads(self) -> None:
+        """Where a provider can, make every read return only a few bytes (lines cut
+        apart); a provider's test class overrides this (the local one shrinks READ_CAP)."""
+
+    @pytest.mark.usefixtures("small_reads")
     async def test_numbered_lines_in_small_steps_across_reattach(
         self, provider: Provider, fresh_provider: ProviderFactory, workdir: Path
     ) -> None:

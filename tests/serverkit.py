@@ -4,7 +4,7 @@ in-process client (httpx.ASGITransport), and a real uvicorn server on 127.0.0.1.
 Use from a test module::
 
     from tests.serverkit import Api, api, live_url  # fixtures
-    from tests.test_store_sqlite import migrated_db  # the template database
+    from tests.store_fixtures import migrated_db  # the template database
 
 ``api`` gives an ``Api``: ``.app``, ``.store``, ``.settings``, ``.admin`` (an admin
 token's secret), ``.agent`` (an agent token's secret, identity ``worker-1``, capabilities

@@ -35,7 +35,7 @@ from bosun.preflight import check_agent
 from bosun.providers.base import Command, ExecResult, RunHandle, TmuxSession
 from bosun.providers.local import LocalProvider
 from bosun.providers.tmux import session_for_run
-from tests.factories import T0, make_task
+from tests.factories import make_run, make_task
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
@@ -262,26 +262,7 @@ def test_session_names_and_sockets() -> None:
 def run_of(
     ref: dict[str, Any], *, host: str = "local", status: RunStatus = RunStatus.RUNNING
 ) -> Run:
-    return Run(
-        id=9,
-        task_id=1,
-        attempt=1,
-        host=host,
-        agent="echo",
-        status=status,
-        ref=ref,
-        stdout_offset=0,
-        stderr_offset=0,
-        exit_code=None,
-        error_kind=None,
-        error=None,
-        session_id=None,
-        tokens_in=0,
-        tokens_out=0,
-        cost_usd=0.0,
-        started_at=T0,
-        ended_at=None,
-    )
+    return make_run(9, host=host, status=status, ref=ref)
 
 
 class NoTmux(LocalProvider):

@@ -13,11 +13,11 @@ import pytest
 
 from bosun.attach import plan_attach, ssh_attach_argv
 from bosun.config import HostConfig
-from bosun.models import Run, RunStatus, TaskStatus
+from bosun.models import Run, TaskStatus
 from bosun.providers.base import Command, RunHandle, TmuxSession
 from bosun.providers.ssh import SshProvider
 from bosun.providers.tmux import session_for_run
-from tests.factories import T0, make_task
+from tests.factories import make_run, make_task
 from tests.sshd import (  # noqa: F401 (fixtures)
     SshdFleet,
     SshHost,
@@ -96,26 +96,7 @@ async def client_stderr(argv: Sequence[str]) -> str:
 
 
 def run_on(host: str, handle: RunHandle, session: TmuxSession) -> Run:
-    return Run(
-        id=1,
-        task_id=1,
-        attempt=1,
-        host=host,
-        agent="slow",
-        status=RunStatus.RUNNING,
-        ref={**handle.ref, "tmux": session.to_json()},
-        stdout_offset=0,
-        stderr_offset=0,
-        exit_code=None,
-        error_kind=None,
-        error=None,
-        session_id=None,
-        tokens_in=0,
-        tokens_out=0,
-        cost_usd=0.0,
-        started_at=T0,
-        ended_at=None,
-    )
+    return make_run(host=host, agent="slow", ref={**handle.ref, "tmux": session.to_json()})
 
 
 async def test_tmux_run_on_an_ssh_host_and_attach_over_ssh(

@@ -14,7 +14,7 @@ import pytest
 
 from bosun.store.base import HostStore
 from tests.serverkit import Api, api, live_url
-from tests.test_store_sqlite import migrated_db
+from tests.store_fixtures import migrated_db
 
 __all__ = ["api", "live_url", "migrated_db"]
 

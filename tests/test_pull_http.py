@@ -13,8 +13,8 @@ import httpx
 from bosun.models import TaskStatus
 from tests.conftest import SettingsFactory
 from tests.serverkit import Api, api, serving
+from tests.store_fixtures import migrated_db
 from tests.test_server_api import assert_error, submit
-from tests.test_store_sqlite import migrated_db
 
 __all__ = ["api", "migrated_db"]
 

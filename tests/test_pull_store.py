@@ -3,12 +3,7 @@ dispatcher's side: it never adopts a pull agent's task and takes expired leases 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
-
-import pytest
 
 from bosun.dispatcher import Dispatcher
 from bosun.models import ExecutionMode, TaskSpec, TaskStatus
@@ -17,40 +12,9 @@ from bosun.store import SqlStore, open_store
 from bosun.store.base import PullStore
 from tests.conftest import SettingsFactory
 from tests.contract_pull import PullContract, utcnow
+from tests.store_fixtures import db_path, migrated_db, peer_store, store, used_db_path
 
-
-@pytest.fixture(scope="session")
-def pull_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("pull-template") / "bosun.db"
-
-    async def create() -> None:
-        await (await open_store(f"sqlite:///{path}")).aclose()
-
-    asyncio.run(create())
-    return path
-
-
-@pytest.fixture
-def db_file(tmp_path: Path, pull_template_db: Path) -> Path:
-    path = tmp_path / "state" / "bosun.db"
-    path.parent.mkdir(parents=True)
-    path.write_bytes(pull_template_db.read_bytes())
-    return path
-
-
-@pytest.fixture
-async def store(db_file: Path) -> AsyncIterator[SqlStore]:
-    opened = await open_store(f"sqlite:///{db_file}", poll_interval=0.05)
-    yield opened
-    await opened.aclose()
-
-
-@pytest.fixture
-async def peer_store(db_file: Path, store: SqlStore) -> AsyncIterator[SqlStore]:
-    """A second engine on the same file: to SQLite, another process."""
-    opened = await open_store(f"sqlite+aiosqlite:///{db_file}", poll_interval=0.05)
-    yield opened
-    await opened.aclose()
+__all__ = ["db_path", "migrated_db", "peer_store", "store", "used_db_path"]
 
 
 class TestSqlitePullContract(PullContract):

@@ -18,7 +18,7 @@ from bosun.review import MARKER, ReviewLoop
 from bosun.service import make_providers
 from tests.conftest import SettingsFactory, git
 from tests.forgekit import Rig, rig_for
-from tests.test_store_sqlite import migrated_db
+from tests.store_fixtures import migrated_db
 
 __all__ = ["migrated_db"]
 

@@ -19,7 +19,7 @@ from bosun.store import open_store
 from bosun.store.sql import SqlStore
 from tests.conftest import SettingsFactory
 from tests.forgekit import Receiver, receiver
-from tests.test_store_sqlite import migrated_db
+from tests.store_fixtures import migrated_db
 
 __all__ = ["migrated_db"]
 

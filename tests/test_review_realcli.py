@@ -21,7 +21,7 @@ from tests.conftest import SettingsFactory, git
 from tests.fakes import FakeModelServer, Text, ToolCall
 from tests.forgekit import rig_for
 from tests.realcli import need
-from tests.test_store_sqlite import migrated_db
+from tests.store_fixtures import migrated_db
 
 __all__ = ["migrated_db"]
 

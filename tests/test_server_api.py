@@ -18,7 +18,7 @@ from bosun.server.app import create_app
 from bosun.server.deps import AgentToken
 from bosun.service import agent_rows
 from tests.serverkit import BASE, Api, api
-from tests.test_store_sqlite import migrated_db
+from tests.store_fixtures import migrated_db
 
 __all__ = ["api", "migrated_db"]
 

@@ -20,7 +20,7 @@ from bosun.server.app import create_app
 from bosun.store import open_store
 from tests.conftest import SettingsFactory
 from tests.serverkit import BASE
-from tests.test_store_sqlite import migrated_db
+from tests.store_fixtures import migrated_db
 
 __all__ = ["migrated_db"]
 

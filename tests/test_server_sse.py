@@ -24,7 +24,7 @@ from bosun.server.sse import PAGE
 from bosun.store import open_store
 from bosun.store.sql import SqlStore
 from tests.serverkit import Api, api, live_url
-from tests.test_store_sqlite import migrated_db
+from tests.store_fixtures import migrated_db
 
 __all__ = ["api", "live_url", "migrated_db"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.contract_tokens import TokenContract
-from tests.test_store_sqlite import db_path, migrated_db, peer_store, store, used_db_path
+from tests.store_fixtures import db_path, migrated_db, peer_store, store, used_db_path
 
 __all__ = ["db_path", "migrated_db", "peer_store", "store", "used_db_path"]
 

@@ -29,6 +29,7 @@ from bosun.store import SqlStore, dialects, open_store
 from bosun.store.base import TaskFilter
 from bosun.store.connect import alembic_config
 from bosun.store.schema import metadata
+from tests.contract_forge import ForgeStoreContract
 from tests.contract_hosts import HostStoreContract
 from tests.contract_tokens import TokenContract
 from tests.pg import FreshDatabase, fresh_pg_database, pg_database, pg_server, pg_url
@@ -40,30 +41,26 @@ from tests.store_contract import (
     utcnow,
     wakes_on_peer_submit,
 )
+from tests.store_fixtures import ADD_TASK_SCRIPT, pg_peer_store, pg_store
 
-__all__ = ["fresh_pg_database", "pg_database", "pg_server", "pg_url"]
+__all__ = [
+    "fresh_pg_database",
+    "pg_database",
+    "pg_peer_store",
+    "pg_server",
+    "pg_store",
+    "pg_url",
+]
 
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-async def store(pg_url: str) -> AsyncIterator[SqlStore]:
-    opened = await open_store(pg_url, poll_interval=0.05)
-    yield opened
-    await opened.aclose()
-
-
-@pytest.fixture
-async def peer_store(pg_url: str, store: SqlStore) -> AsyncIterator[SqlStore]:
-    """A second store on the same database: its own engine, pool and LISTEN connection,
-    as another process would have."""
-    opened = await open_store(pg_url, poll_interval=0.05)
-    yield opened
-    await opened.aclose()
-
-
 class TestPostgresStoreContract(StoreContract):
     """Every rule of the Store protocol, on PostgreSQL."""
+
+
+class TestPostgresForgeStore(ForgeStoreContract):
+    """The review loop's rows (``tests/contract_forge.py``) on PostgreSQL."""
 
 
 class TestPostgresTokenContract(TokenContract):
@@ -397,18 +394,6 @@ async def test_concurrent_writers_lose_no_update(store: SqlStore, peer_store: Sq
 
 
 # -- LISTEN / NOTIFY ----------------------------------------------------------------------------
-CHILD = """
-import asyncio, sys
-from bosun.models import TaskSpec
-from bosun.store import open_store
-
-async def main() -> None:
-    store = await open_store(sys.argv[1])
-    await store.add_task(TaskSpec(title="from another process"), max_attempts=1)
-    await store.aclose()
-
-asyncio.run(main())
-"""
 
 
 @pytest.fixture
@@ -420,7 +405,7 @@ async def deaf_store(pg_url: str) -> AsyncIterator[SqlStore]:
 
 
 async def _child_submits(url: str) -> None:
-    child = await asyncio.create_subprocess_exec(sys.executable, "-c", CHILD, url)
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", ADD_TASK_SCRIPT, url)
     try:
         assert await asyncio.wait_for(child.wait(), 60) == 0
     finally:

@@ -4,10 +4,8 @@ IMMEDIATE, migrations on open, the runnable index, several processes on one file
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,48 +23,16 @@ from bosun.store.connect import HEAD_REVISION, alembic_config
 from bosun.store.schema import metadata
 from bosun.store.sql_base import WRITE_OPTION
 from tests.store_contract import StoreContract, add, utcnow
+from tests.store_fixtures import (
+    ADD_TASK_SCRIPT,
+    db_path,
+    migrated_db,
+    peer_store,
+    store,
+    used_db_path,
+)
 
-
-@pytest.fixture(scope="session")
-def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A database file freshly created by ``open_store`` (so: fully migrated), made once;
-    the contract tests each start from a copy of it, which is much faster than migrating."""
-    path = tmp_path_factory.mktemp("template") / "bosun.db"
-
-    async def create() -> None:
-        await (await open_store(f"sqlite:///{path}")).aclose()
-
-    asyncio.run(create())
-    return path
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    """Where a test's database lives; it does not exist yet."""
-    return tmp_path / "state" / "bosun.db"
-
-
-@pytest.fixture
-def used_db_path(db_path: Path, migrated_db: Path) -> Path:
-    """``db_path``, holding an empty, migrated database."""
-    db_path.parent.mkdir(parents=True)
-    shutil.copyfile(migrated_db, db_path)
-    return db_path
-
-
-@pytest.fixture
-async def store(used_db_path: Path) -> AsyncIterator[SqlStore]:
-    opened = await open_store(f"sqlite:///{used_db_path}", poll_interval=0.05)
-    yield opened
-    await opened.aclose()
-
-
-@pytest.fixture
-async def peer_store(used_db_path: Path, store: SqlStore) -> AsyncIterator[SqlStore]:
-    """A second engine on the same file: to SQLite, another process."""
-    opened = await open_store(f"sqlite+aiosqlite:///{used_db_path}", poll_interval=0.05)
-    yield opened
-    await opened.aclose()
+__all__ = ["db_path", "migrated_db", "peer_store", "store", "used_db_path"]
 
 
 class TestSqliteStoreContract(StoreContract):
@@ -260,20 +226,6 @@ async def test_parent_directories_are_created(tmp_path: Path) -> None:
     assert path.is_file()
 
 
-CHILD = """
-import asyncio, sys
-from bosun.models import TaskSpec
-from bosun.store import open_store
-
-async def main() -> None:
-    store = await open_store(sys.argv[1])
-    await store.add_task(TaskSpec(title="from another process"), max_attempts=1)
-    await store.aclose()
-
-asyncio.run(main())
-"""
-
-
 async def test_a_write_by_another_process_wakes_a_waiter(
     store: SqlStore, used_db_path: Path
 ) -> None:
@@ -281,7 +233,7 @@ async def test_a_write_by_another_process_wakes_a_waiter(
     waiter = asyncio.ensure_future(store.wait_for_change(60))
     await asyncio.sleep(0.1)  # let the waiter take its baseline before the child starts
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CHILD, f"sqlite:///{used_db_path}"
+        sys.executable, "-c", ADD_TASK_SCRIPT, f"sqlite:///{used_db_path}"
     )
     try:
         await asyncio.wait_for(waiter, 30)

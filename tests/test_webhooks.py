@@ -16,8 +16,8 @@ from bosun.models import TaskStatus
 from bosun.notify import Notifier
 from tests.conftest import SettingsFactory
 from tests.forgekit import SECRET, Rig, receiver, rig_for
+from tests.store_fixtures import migrated_db
 from tests.test_forge_events import CASES, FIXTURES
-from tests.test_store_sqlite import migrated_db
 
 __all__ = ["migrated_db"]
 

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from bosun.forges.signatures import sign
 from tests.conftest import SettingsFactory
 from tests.forgekit import SECRET, Rig, rig_for
+from tests.store_fixtures import migrated_db
 from tests.test_forge_events import FIXTURES
-from tests.test_store_sqlite import migrated_db
 
 __all__ = ["migrated_db"]
 

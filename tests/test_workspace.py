@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from bosun.errors import ConfigError, WorkspaceError
 from bosun.providers.local import LocalProvider
 from bosun.workspace import RepoSpec, Workspace, Worktree, branch_name, slugify
+from tests.gitrepos import bare_origin, git
 
 NASTY_TITLES = [
     "",
@@ -40,15 +41,6 @@ NASTY_TITLES = [
 ]
 
 
-def git(cwd: Path, *args: str) -> str:
-    """Run git for test set-up; fails the test on error."""
-    res = subprocess.run(
-        ["git", "-C", str(cwd), *args], capture_output=True, text=True, check=False
-    )
-    assert res.returncode == 0, f"git {args}: {res.stderr}"
-    return res.stdout.strip()
-
-
 @pytest.fixture(autouse=True)
 def isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No global or system git config: bosun's fallback identity is what commits."""
@@ -71,19 +63,7 @@ def isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def origin(tmp_path: Path) -> Path:
     """A bare 'user repository' with main (README) and a dev branch."""
-    bare = tmp_path / "origin.git"
-    git(tmp_path, "init", "-q", "--bare", "--initial-branch=main", str(bare))
-    seed = tmp_path / "seed"
-    git(tmp_path, "clone", "-q", str(bare), str(seed))
-    git(seed, "config", "user.name", "Seed")
-    git(seed, "config", "user.email", "seed@example.invalid")
-    git(seed, "checkout", "-q", "-b", "main")
-    (seed / "README.md").write_text("hello\n")
-    git(seed, "add", "README.md")
-    git(seed, "commit", "-q", "-m", "init")
-    git(seed, "push", "-q", "origin", "main")
-    git(seed, "push", "-q", "origin", "main:dev")
-    return bare
+    return bare_origin(tmp_path)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ host, whose user cannot read root's temporary directories, is in test_ssh_transp
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
@@ -25,14 +24,7 @@ from bosun.service import Service, make_providers
 from bosun.workspace import RepoSpec, Workspace
 from tests.conftest import SettingsFactory
 from tests.conftest import git as cgit
-
-
-def git(cwd: Path, *args: str) -> str:
-    res = subprocess.run(
-        ["git", "-C", str(cwd), *args], capture_output=True, text=True, check=False
-    )
-    assert res.returncode == 0, f"git {args}: {res.stderr}"
-    return res.stdout.strip()
+from tests.gitrepos import bare_origin, git
 
 
 class HostProvider(LocalProvider):
@@ -79,18 +71,7 @@ class HostProvider(LocalProvider):
 @pytest.fixture
 def origin(tmp_path: Path) -> Path:
     """A bare repository with main (README) and dev."""
-    bare = tmp_path / "origin.git"
-    git(tmp_path, "init", "-q", "--bare", "--initial-branch=main", str(bare))
-    seed = tmp_path / "seed"
-    git(tmp_path, "clone", "-q", str(bare), str(seed))
-    git(seed, "config", "user.name", "Seed")
-    git(seed, "config", "user.email", "seed@example.invalid")
-    git(seed, "checkout", "-q", "-b", "main")
-    (seed / "README.md").write_text("hello\n")
-    git(seed, "add", "README.md")
-    git(seed, "commit", "-q", "-m", "init")
-    git(seed, "push", "-q", "origin", "main", "main:dev")
-    return bare
+    return bare_origin(tmp_path)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ on this machine) reaches it. The bundles travel over the provider's SFTP channel
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
@@ -17,17 +16,10 @@ from bosun.config import HostConfig
 from bosun.providers.base import ExecResult
 from bosun.providers.ssh import SshProvider
 from bosun.workspace import RepoSpec, Workspace
+from tests.gitrepos import bare_origin, git
 from tests.sshd import SshdFleet, SshHost, ssh_client_key_fixture, sshd_fixture  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.ssh
-
-
-def git(cwd: Path, *args: str) -> str:
-    res = subprocess.run(
-        ["git", "-C", str(cwd), *args], capture_output=True, text=True, check=False
-    )
-    assert res.returncode == 0, f"git {args}: {res.stderr}"
-    return res.stdout.strip()
 
 
 class RecordingSsh(SshProvider):
@@ -50,18 +42,7 @@ class RecordingSsh(SshProvider):
 
 @pytest.fixture
 def origin(tmp_path: Path) -> Path:
-    bare = tmp_path / "origin.git"
-    git(tmp_path, "init", "-q", "--bare", "--initial-branch=main", str(bare))
-    seed = tmp_path / "seed"
-    git(tmp_path, "clone", "-q", str(bare), str(seed))
-    git(seed, "config", "user.name", "Seed")
-    git(seed, "config", "user.email", "seed@example.invalid")
-    git(seed, "checkout", "-q", "-b", "main")
-    (seed / "README.md").write_text("hello\n")
-    git(seed, "add", "README.md")
-    git(seed, "commit", "-q", "-m", "init")
-    git(seed, "push", "-q", "origin", "main")
-    return bare
+    return bare_origin(tmp_path, dev=False)
 
 
 @pytest.fixture

@@ -33,15 +33,12 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 
 from bosun.errors import (
+    API_ERRORS,
     BosunError,
     ConfigError,
     InputError,
     InvalidTransition,
-    LeaseLost,
     NotFound,
-    ProviderError,
-    StoreError,
-    WorkspaceError,
 )
 from bosun.models import ErrorKind, Event, ExecutionMode, Run, RunStatus, Task, TaskSpec, TaskStatus
 from bosun.service import SETTLED
@@ -77,17 +74,10 @@ class RemoteError(BosunError):
 
 #: The ``code`` of an API error -> the error raised here (see ``bosun.server.errors``).
 _BY_CODE: dict[str, type[BosunError]] = {
-    "not_found": NotFound,
-    "invalid_input": InputError,
+    **{code: cls for cls, _status, code in API_ERRORS},
     "validation_error": InputError,
     "bad_request": InputError,
-    "config_error": ConfigError,
-    "invalid_transition": InvalidTransition,
     "conflict": InvalidTransition,
-    "lease_lost": LeaseLost,
-    "store_unavailable": StoreError,
-    "workspace_error": WorkspaceError,
-    "provider_error": ProviderError,
 }
 #: When the code is unknown: by HTTP status.
 _BY_STATUS: dict[int, type[BosunError]] = {

@@ -91,3 +91,18 @@ class LeaseLost(BosunError):
 class Forbidden(BosunError):
     """The caller is known but may not act on this: a pull agent reporting on a task it
     was not given, or on a task bosun dispatches itself (HTTP 403)."""
+
+
+#: The HTTP status and API error ``code`` of each error, most specific class first: the
+#: server answers with them (``bosun.server.errors``) and the client raises the class a
+#: code names (``bosun.client``).
+API_ERRORS: tuple[tuple[type[BosunError], int, str], ...] = (
+    (NotFound, 404, "not_found"),
+    (InputError, 400, "invalid_input"),
+    (ConfigError, 400, "config_error"),
+    (InvalidTransition, 409, "invalid_transition"),
+    (LeaseLost, 409, "lease_lost"),
+    (StoreError, 503, "store_unavailable"),
+    (WorkspaceError, 500, "workspace_error"),
+    (ProviderError, 502, "provider_error"),
+)

@@ -30,11 +30,13 @@ import subprocess
 import threading
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.threaded_http import QuietHandler, ThreadedServer
 
 __all__ = ["Call", "FakeForge", "sign"]
 
@@ -80,14 +82,13 @@ class FakeForge:
         self._next_id = 1000
         self._versions: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
     def port(self) -> int:
         assert self._server is not None, "the fake forge is not started"
-        return int(self._server.server_address[1])
+        return self._server.port
 
     @property
     def root(self) -> str:
@@ -105,30 +106,18 @@ class FakeForge:
     def start(self) -> None:
         forge = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
+        class Handler(QuietHandler):
             def _handle(self) -> None:
                 forge._serve(self)
 
             do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="fake-forge", daemon=True
-        )
-        self._thread.start()
+        self._server = ThreadedServer(Handler, "fake-forge")
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._server.stop()
         self._server = None
-        self._thread = None
 
     def __enter__(self) -> Self:
         self.start()

@@ -415,28 +415,27 @@ def _gitea(
         return _pull_request(root, base, action)
     rejected = "pull_request_review_rejected"
     approved = "pull_request_review_approved"
+    kind: EventKind | None = None
     if (
         name in ("pull_request_rejected", "pull_request_review_rejected")
         or event_type == rejected
         or review_type == rejected
     ):
-        info = _pull(root)
-        body = review.text("content") or "" if review else ""
-        return ForgeEvent(EventKind.CHANGES_REQUESTED, **base, **info, body=body)
-    if (
+        kind = EventKind.CHANGES_REQUESTED
+    elif (
         name in ("pull_request_approved", "pull_request_review_approved")
         or event_type == approved
         or review_type == approved
     ):
-        info = _pull(root)
-        body = review.text("content") or "" if review else ""
-        return ForgeEvent(EventKind.APPROVED, **base, **info, body=body)
-    if name in ("pull_request_comment", "pull_request_review_comment") or (
+        kind = EventKind.APPROVED
+    elif name in ("pull_request_comment", "pull_request_review_comment") or (
         review_type == "pull_request_comment"
     ):
+        kind = EventKind.COMMENT
+    if kind is not None:
         info = _pull(root)
         body = review.text("content") or "" if review else ""
-        return ForgeEvent(EventKind.COMMENT, **base, **info, body=body)
+        return ForgeEvent(kind, **base, **info, body=body)
     if name.startswith("pull_request"):
         info = _pull(root) if root.obj("pull_request") is not None else {}
         return _ignored(base | info, f"event {name!r} changes nothing in bosun")

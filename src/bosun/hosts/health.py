@@ -31,6 +31,7 @@ import logging
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from bosun import scheduler
 from bosun.config import HostConfig, Settings
@@ -38,7 +39,7 @@ from bosun.errors import BosunError, ConfigError
 from bosun.hosts.capabilities import probe
 from bosun.hosts.check import ProviderFactory
 from bosun.hosts.registry import Host, Registry, merge, with_hosts
-from bosun.models import ErrorKind, NewEvent, RunStatus, TaskStatus
+from bosun.models import ErrorKind, NewEvent, Run, RunStatus, TaskStatus
 from bosun.providers.base import Provider
 from bosun.store.base import HostStore, Store
 
@@ -249,20 +250,10 @@ class Fleet:
         for run in await self.host_store.host_runs(name, [RunStatus.LOST]):
             if run.ref.get("abandoned") is not True:
                 continue
-            alive = False
             try:
-                async with asyncio.timeout(probe_timeout(self.settings) + self.cancel_grace + 5):
-                    ref = dict(run.ref)
-                    if "run_dir" not in ref and isinstance(ref.get("run_key"), str):
-                        ref["run_dir"] = await provider.run_dir(ref["run_key"])
-                    handle = await provider.attach(ref)
-                    alive = await handle.alive()
-                    if alive:
-                        await handle.cancel(self.cancel_grace)
+                alive, _ = await self._stop_run(provider, run.ref, with_code=False)
             except TimeoutError:
                 return killed  # the host went away again: next time
-            except BosunError:
-                alive = False  # its run directory is gone: nothing left to stop
             except Exception:
                 log.warning("reconciling run %s on %s failed", run.id, name, exc_info=True)
                 continue
@@ -270,18 +261,10 @@ class Fleet:
                 await self.store.update_run(run.id, ref={**run.ref, "abandoned": "reconciled"})
                 if alive:
                     killed += 1
-                    await self.store.append_event(
-                        NewEvent(
-                            "run.stray_killed",
-                            {
-                                "run_id": run.id,
-                                "host": name,
-                                "reason": "given up while the host was unreachable; "
-                                "the task was retried elsewhere",
-                            },
-                            task_id=run.task_id,
-                            run_id=run.id,
-                        )
+                    await self._stray_killed(
+                        run,
+                        name,
+                        "given up while the host was unreachable; the task was retried elsewhere",
                     )
         return killed + await self._reconcile_orphans(name, provider, self.host_store)
 
@@ -299,19 +282,10 @@ class Fleet:
             followed = task.status is TaskStatus.RUNNING and task.attempt == run.attempt
             if followed or "run_dir" not in run.ref:
                 continue
-            alive = False
-            code: int | None = None
             try:
-                async with asyncio.timeout(probe_timeout(self.settings) + self.cancel_grace + 5):
-                    handle = await provider.attach(run.ref)
-                    alive = await handle.alive()
-                    if alive:
-                        await handle.cancel(self.cancel_grace)
-                    code = await handle.exit_code()
+                alive, code = await self._stop_run(provider, run.ref, with_code=True)
             except TimeoutError:
                 return killed  # the host went away again: next time
-            except BosunError:
-                alive = False  # its run directory is gone: nothing left to stop
             except Exception:
                 log.warning("reconciling run %s on %s failed", run.id, name, exc_info=True)
                 continue
@@ -329,17 +303,40 @@ class Fleet:
                 )
                 if alive:
                     killed += 1
-                    await self.store.append_event(
-                        NewEvent(
-                            "run.stray_killed",
-                            {
-                                "run_id": run.id,
-                                "host": name,
-                                "reason": "its task was cancelled while bosun could not "
-                                "reach the host",
-                            },
-                            task_id=run.task_id,
-                            run_id=run.id,
-                        )
+                    await self._stray_killed(
+                        run, name, "its task was cancelled while bosun could not reach the host"
                     )
         return killed
+
+    async def _stop_run(
+        self, provider: Provider, run_ref: Mapping[str, Any], *, with_code: bool
+    ) -> tuple[bool, int | None]:
+        """Attach to a run and stop it if it still runs: (whether it was alive, its exit
+        code when ``with_code``). A run whose directory is gone is not alive.
+        ``TimeoutError`` when the host does not answer in time."""
+        alive = False
+        code: int | None = None
+        try:
+            async with asyncio.timeout(probe_timeout(self.settings) + self.cancel_grace + 5):
+                ref = dict(run_ref)
+                if "run_dir" not in ref and isinstance(ref.get("run_key"), str):
+                    ref["run_dir"] = await provider.run_dir(ref["run_key"])
+                handle = await provider.attach(ref)
+                alive = await handle.alive()
+                if alive:
+                    await handle.cancel(self.cancel_grace)
+                if with_code:
+                    code = await handle.exit_code()
+        except BosunError:
+            alive = False  # its run directory is gone: nothing left to stop
+        return alive, code
+
+    async def _stray_killed(self, run: Run, host: str, reason: str) -> None:
+        await self.store.append_event(
+            NewEvent(
+                "run.stray_killed",
+                {"run_id": run.id, "host": host, "reason": reason},
+                task_id=run.task_id,
+                run_id=run.id,
+            )
+        )

@@ -37,7 +37,7 @@ import shutil
 import signal
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bosun.errors import ProviderError
@@ -76,7 +76,7 @@ _KILL_WAIT = 5.0
 _URL_CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
 
 
-def _redact(text: str) -> str:
+def redact(text: str) -> str:
     """Hide ``user:token@`` in URLs so that credentials never reach an error message."""
     return _URL_CREDENTIALS.sub(r"\1***@", text)
 
@@ -157,6 +157,15 @@ def _read_lines(
     with open(path, "rb") as f:
         f.seek(offset)
         data = f.read(min(size - offset, READ_CAP))
+    return cut_lines(data, stream, offset, size, final)
+
+
+def cut_lines(
+    data: bytes, stream: Stream, offset: int, size: int, final: bool
+) -> OutputChunk | None:
+    """The complete lines of ``data``, read at ``offset`` of a stream file of ``size``
+    bytes: with ``final`` also the trailing line without a newline, once the read reaches
+    the end of the file; ``None`` when there is no complete line yet."""
     if not data:
         return None
     at_eof = offset + len(data) >= size
@@ -182,10 +191,16 @@ def _read_lines(
 
 def _read_exit(run_dir: str) -> int | None:
     try:
-        with open(os.path.join(run_dir, "exit"), encoding="ascii", errors="replace") as f:
-            text = f.read().strip()
+        with open(os.path.join(run_dir, "exit"), "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         return None
+    return parse_exit(run_dir, raw)
+
+
+def parse_exit(run_dir: str, raw: bytes) -> int:
+    """The code in the bytes of a run's ``exit`` file."""
+    text = raw.decode("ascii", errors="replace").strip()
     try:
         return int(text)
     except ValueError as exc:
@@ -195,20 +210,57 @@ def _read_exit(run_dir: str) -> int | None:
         ) from exc
 
 
-class LocalRun:
-    """A detached run on this machine (see the module docstring for its files)."""
+def check_offsets(stdout_offset: int, stderr_offset: int) -> None:
+    if stdout_offset < 0 or stderr_offset < 0:
+        raise ProviderError(
+            f"negative output offset ({stdout_offset}, {stderr_offset})",
+            hint="offsets are byte positions from the run's stored chunks, starting at 0",
+        )
 
-    def __init__(self, run_dir: str, pid: int, pgid: int, *, own_child: bool = False) -> None:
+
+def check_run_key(key: str) -> None:
+    if not _KEY_RE.fullmatch(key) or key in (".", ".."):
+        raise ProviderError(
+            f"invalid run key {key!r}",
+            hint="run keys use only letters, digits, '.', '_' and '-', e.g. task-12-attempt-2",
+        )
+
+
+def check_run_files(names: Iterable[str], reserved: frozenset[str]) -> None:
+    """Run file names must stay inside the run directory and clear of the ``reserved``
+    names of the run protocol."""
+    for name in names:
+        parts = name.split("/")
+        bad = (
+            not name
+            or "\0" in name
+            or name.startswith("/")
+            or any(p in ("", ".", "..") for p in parts)
+            or parts[0] in reserved
+            or name.endswith(".tmp")
+        )
+        if bad:
+            raise ProviderError(
+                f"invalid run file name {name!r}",
+                hint="use a path relative to the run directory (like home/.tool/config.json; "
+                "no '..', not a reserved name like 'stdout', 'exit' or '*.tmp')",
+            )
+
+
+class DetachedRun:
+    """What a handle of every detached run shares, wherever it runs: the run directory,
+    the wrapper's pid and process group (``ref``: what ``attach`` rebuilds it from), and
+    the cancel sequence. Subclasses read the files and send the signals."""
+
+    def __init__(self, run_dir: str, pid: int, pgid: int) -> None:
         self._run_dir = run_dir
         self._pid = pid
         self._pgid = pgid
-        # Only a child of this very process may be reaped with waitpid.
-        self._own_child = own_child
 
     @property
     def ref(self) -> dict[str, Any]:
-        """``{"run_dir", "pgid", "pid"}``: what ``LocalProvider.attach`` needs."""
-        return {"run_dir": self._run_dir, "pgid": self._pgid, "pid": self._pid}
+        """``{"run_dir", "pid", "pgid"}``: what the provider's ``attach`` needs."""
+        return {"run_dir": self._run_dir, "pid": self._pid, "pgid": self._pgid}
 
     @property
     def run_dir(self) -> str:
@@ -222,6 +274,44 @@ class LocalRun:
     def pgid(self) -> int:
         return self._pgid
 
+    async def alive(self) -> bool:
+        raise NotImplementedError
+
+    async def _signal(self, kill: bool) -> bool:
+        """SIGTERM (SIGKILL with ``kill``) the run's group; False when it is gone."""
+        raise NotImplementedError
+
+    async def _write_exit_if_missing(self, code: int) -> None:
+        raise NotImplementedError
+
+    async def cancel(self, grace: float = 5.0) -> None:
+        """SIGTERM the group, SIGKILL it after ``grace`` seconds; always leaves an exit
+        code (143 or 137 unless the wrapper recorded its own)."""
+        loop = asyncio.get_running_loop()
+        code = 143
+        if await self._signal(False):
+            deadline = loop.time() + grace
+            # Polling: the group need not be our child, so there is nothing to await.
+            while await self.alive() and loop.time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(_CANCEL_POLL)
+            if await self.alive():
+                code = 137
+                await self._signal(True)
+                deadline = loop.time() + _KILL_WAIT
+                while await self.alive() and loop.time() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(_CANCEL_POLL)
+        # Followers stop on the exit file; write one if the wrapper could not.
+        await self._write_exit_if_missing(code)
+
+
+class LocalRun(DetachedRun):
+    """A detached run on this machine (see the module docstring for its files)."""
+
+    def __init__(self, run_dir: str, pid: int, pgid: int, *, own_child: bool = False) -> None:
+        super().__init__(run_dir, pid, pgid)
+        # Only a child of this very process may be reaped with waitpid.
+        self._own_child = own_child
+
     async def read(
         self, stdout_offset: int, stderr_offset: int, *, final: bool = False
     ) -> list[OutputChunk]:
@@ -230,11 +320,7 @@ class LocalRun:
         With ``final`` the trailing line without a newline is returned too, but only once
         the read reaches the end of the file (call again until the list is empty).
         """
-        if stdout_offset < 0 or stderr_offset < 0:
-            raise ProviderError(
-                f"negative output offset ({stdout_offset}, {stderr_offset})",
-                hint="offsets are byte positions from the run's stored chunks, starting at 0",
-            )
+        check_offsets(stdout_offset, stderr_offset)
         chunks: list[OutputChunk] = []
         offsets: tuple[tuple[Stream, int], ...] = (
             ("stdout", stdout_offset),
@@ -265,27 +351,12 @@ class LocalRun:
             _try_reap(self._pid, self._run_dir)
         return _group_alive(self._pgid)
 
-    async def cancel(self, grace: float = 5.0) -> None:
-        """SIGTERM the group, SIGKILL it after ``grace`` seconds; always leaves an exit."""
-        loop = asyncio.get_running_loop()
-        code = 143
-        if await self._signal(signal.SIGTERM):
-            deadline = loop.time() + grace
-            # Polling: the group need not be our child, so there is nothing to await.
-            while await self.alive() and loop.time() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(_CANCEL_POLL)
-            if await self.alive():
-                code = 137
-                await self._signal(signal.SIGKILL)
-                deadline = loop.time() + _KILL_WAIT
-                while await self.alive() and loop.time() < deadline:  # noqa: ASYNC110
-                    await asyncio.sleep(_CANCEL_POLL)
-        # Followers stop on the exit file; write one if the wrapper could not.
+    async def _write_exit_if_missing(self, code: int) -> None:
         _write_exit_if_missing(self._run_dir, code)
 
-    async def _signal(self, sig: signal.Signals) -> bool:
+    async def _signal(self, kill: bool) -> bool:
         try:
-            os.killpg(self._pgid, sig)
+            os.killpg(self._pgid, signal.SIGKILL if kill else signal.SIGTERM)
         except ProcessLookupError:
             return False
         except PermissionError as exc:
@@ -327,11 +398,7 @@ class LocalProvider:
 
     async def run_dir(self, key: str) -> str:
         """Create (if needed) and return the absolute run directory for ``key``."""
-        if not _KEY_RE.fullmatch(key) or key in (".", ".."):
-            raise ProviderError(
-                f"invalid run key {key!r}",
-                hint="run keys use only letters, digits, '.', '_' and '-', e.g. task-12-attempt-2",
-            )
+        check_run_key(key)
         path = os.path.join(self._root, "runs", key)
         try:
             os.makedirs(path, exist_ok=True)
@@ -428,22 +495,7 @@ class LocalProvider:
                 f"working directory {cwd} of {command.argv[0]!r} does not exist",
                 hint="prepare the workspace before launching the agent",
             )
-        for name in command.files:
-            parts = name.split("/")
-            bad = (
-                not name
-                or "\0" in name
-                or name.startswith("/")
-                or any(p in ("", ".", "..") for p in parts)
-                or parts[0] in _RESERVED
-                or name.endswith(".tmp")
-            )
-            if bad:
-                raise ProviderError(
-                    f"invalid run file name {name!r}",
-                    hint="use a path relative to the run directory (like home/.tool/config.json; "
-                    "no '..', not a reserved name like 'stdout', 'exit' or '*.tmp')",
-                )
+        check_run_files(command.files, _RESERVED)
 
     async def _reap(self, pid: int, run_dir: str) -> None:
         # Without a waitpid the ended wrapper stays a zombie and alive() would lie.
@@ -484,7 +536,7 @@ class LocalProvider:
         """Run a short command attached; env is this process's env updated with ``env``."""
         if not argv:
             raise ProviderError("empty argv", hint="pass the program to run as argv[0]")
-        shown = _redact(shlex.join(argv))
+        shown = redact(shlex.join(argv))
         full_env = {**os.environ, **env} if env else None
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -46,7 +46,6 @@ import asyncio
 import contextlib
 import json
 import posixpath
-import re
 import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -57,7 +56,7 @@ from bosun.config import HostConfig
 from bosun.errors import HostUnreachable, ProviderError
 from bosun.providers import tmux
 from bosun.providers.base import Command, ExecResult, RunHandle
-from bosun.providers.local import WRAPPER_SCRIPT
+from bosun.providers.local import WRAPPER_SCRIPT, check_run_files, check_run_key, redact
 from bosun.providers.ssh_conn import SshLink, parse_address
 from bosun.providers.ssh_files import HostFiles, close_all
 from bosun.providers.ssh_keys import HostKey
@@ -86,16 +85,10 @@ __all__ = [
     "trust_host_key",
 ]
 
-_KEY_RE = re.compile(r"[A-Za-z0-9._-]+")
 _RESERVED = frozenset({"cmd.json", "stdin", "stdout", "stderr", "pid", "pgid", "exit", "env.sh"})
-_URL_CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
 _READY_BACKOFF_MAX = 5.0
 #: How long ``ensure_ready`` waits for SSH after running a host's ``wake_command``.
 WAKE_READY_TIMEOUT = 180.0
-
-
-def _redact(text: str) -> str:
-    return _URL_CREDENTIALS.sub(r"\1***@", text)
 
 
 class SshProvider:
@@ -244,11 +237,7 @@ class SshProvider:
 
     async def run_dir(self, key: str) -> str:
         """Create (if needed) and return the absolute run directory for ``key``."""
-        if not _KEY_RE.fullmatch(key) or key in (".", ".."):
-            raise ProviderError(
-                f"invalid run key {key!r}",
-                hint="run keys use only letters, digits, '.', '_' and '-', e.g. task-12-attempt-2",
-            )
+        check_run_key(key)
         path = f"{await self._ready()}/runs/{key}"
         async with self.link.files() as sftp:
             try:
@@ -309,7 +298,7 @@ class SshProvider:
         if code != 0 or len(parts) != 2 or not all(p.isdigit() for p in parts):
             raise ProviderError(
                 f"cannot start {command.argv[0]!r} in {run_dir} on host {self.name} "
-                f"(exit {code}): {_redact(err.decode(errors='replace').strip()[-500:])}",
+                f"(exit {code}): {redact(err.decode(errors='replace').strip()[-500:])}",
                 hint="check that /bin/sh and env exist on the host and the run dir is writable",
             )
         return SshRun(self, run_dir, int(parts[0]), int(parts[1]))
@@ -317,22 +306,7 @@ class SshProvider:
     def _check_launch(self, command: Command) -> None:
         if not command.argv:
             raise ProviderError("empty argv", hint="an agent command needs a program to run")
-        for name in command.files:
-            parts = name.split("/")
-            bad = (
-                not name
-                or "\0" in name
-                or name.startswith("/")
-                or any(p in ("", ".", "..") for p in parts)
-                or parts[0] in _RESERVED
-                or name.endswith(".tmp")
-            )
-            if bad:
-                raise ProviderError(
-                    f"invalid run file name {name!r}",
-                    hint="use a path relative to the run directory (like home/.tool/config.json; "
-                    "no '..', not a reserved name like 'stdout', 'exit' or '*.tmp')",
-                )
+        check_run_files(command.files, _RESERVED)
 
     async def attach(self, ref: Mapping[str, Any]) -> RunHandle:
         """The handle of a run from ``ref``, possibly started by an earlier bosun."""
@@ -397,7 +371,7 @@ class SshProvider:
         """
         if not argv:
             raise ProviderError("empty argv", hint="pass the program to run as argv[0]")
-        shown = _redact(shlex.join(argv))
+        shown = redact(shlex.join(argv))
         pairs = []
         for name, value in (env or {}).items():
             if not ENV_NAME.fullmatch(name):

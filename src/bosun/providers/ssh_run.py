@@ -10,93 +10,31 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bosun.errors import BosunError, HostUnreachable, ProviderError
 from bosun.providers.base import OutputChunk, Stream
-from bosun.providers.local import READ_CAP
+from bosun.providers.local import READ_CAP, DetachedRun, check_offsets, cut_lines, parse_exit
 
 if TYPE_CHECKING:
     from bosun.providers.ssh import SshProvider
 
 __all__ = ["AliveBatch", "SshRun"]
 
-_CANCEL_POLL = 0.05
-_KILL_WAIT = 5.0
 
-
-def _chunk(data: bytes, stream: Stream, offset: int, size: int, final: bool) -> OutputChunk | None:
-    """Complete lines of ``data`` (read at ``offset`` of a file of ``size`` bytes), as
-    ``bosun.providers.local`` cuts them."""
-    if not data:
-        return None
-    at_eof = offset + len(data) >= size
-    cut = data.rfind(b"\n")
-    if final and at_eof:
-        body = data[:-1] if data.endswith(b"\n") else data
-        consumed = len(data)
-    elif cut >= 0:
-        body = data[:cut]
-        consumed = cut + 1
-    elif len(data) >= READ_CAP:
-        body = data
-        consumed = len(data)
-    else:
-        return None
-    lines = tuple(
-        (raw[:-1] if raw.endswith(b"\r") else raw).decode("utf-8", errors="replace")
-        for raw in body.split(b"\n")
-    )
-    return OutputChunk(stream=stream, lines=lines, end_offset=offset + consumed)
-
-
-def _parse_exit(run_dir: str, raw: bytes) -> int:
-    text = raw.decode("ascii", errors="replace").strip()
-    try:
-        return int(text)
-    except ValueError as exc:
-        raise ProviderError(
-            f"the exit file of run {run_dir} holds {text[:40]!r}, not an exit code",
-            hint="the run directory was modified by hand; remove the 'exit' file to wait again",
-        ) from exc
-
-
-class SshRun:
+class SshRun(DetachedRun):
     """A detached run on an SSH host (its files: see :mod:`bosun.providers.local`)."""
 
     def __init__(self, provider: SshProvider, run_dir: str, pid: int, pgid: int) -> None:
+        super().__init__(run_dir, pid, pgid)
         self._provider = provider
-        self._run_dir = run_dir
-        self._pid = pid
-        self._pgid = pgid
-
-    @property
-    def ref(self) -> dict[str, Any]:
-        """``{"run_dir", "pid", "pgid"}`` (paths on the host): what ``attach`` needs."""
-        return {"run_dir": self._run_dir, "pid": self._pid, "pgid": self._pgid}
-
-    @property
-    def run_dir(self) -> str:
-        return self._run_dir
-
-    @property
-    def pid(self) -> int:
-        return self._pid
-
-    @property
-    def pgid(self) -> int:
-        return self._pgid
 
     async def read(
         self, stdout_offset: int, stderr_offset: int, *, final: bool = False
     ) -> list[OutputChunk]:
         """Complete lines past the offsets (see ``RunHandle.read``); a call that finds
         nothing new costs one round trip."""
-        if stdout_offset < 0 or stderr_offset < 0:
-            raise ProviderError(
-                f"negative output offset ({stdout_offset}, {stderr_offset})",
-                hint="offsets are byte positions from the run's stored chunks, starting at 0",
-            )
+        check_offsets(stdout_offset, stderr_offset)
         p = self._provider
         offsets: tuple[tuple[Stream, int], ...] = (
             ("stdout", stdout_offset),
@@ -118,36 +56,24 @@ class SshRun:
         )
         chunks = []
         for (stream, offset, size), data in zip(wanted, datas, strict=True):
-            chunk = _chunk(data or b"", stream, offset, size, final)
+            chunk = cut_lines(data or b"", stream, offset, size, final)
             if chunk is not None:
                 chunks.append(chunk)
         return chunks
 
     async def exit_code(self) -> int | None:
         raw = await self._provider.files.read_small(f"{self._run_dir}/exit")
-        return None if raw is None else _parse_exit(self._run_dir, raw)
+        return None if raw is None else parse_exit(self._run_dir, raw)
 
     async def alive(self) -> bool:
         """Whether a (non-zombie) process of the run's group still exists on the host."""
         return await self._provider._alive(self._pgid)
 
-    async def cancel(self, grace: float = 5.0) -> None:
-        """SIGTERM the group on the host, SIGKILL it after ``grace`` seconds; always
-        leaves an exit code (143 or 137 unless the wrapper recorded its own)."""
-        p = self._provider
-        loop = asyncio.get_running_loop()
-        code = 143
-        if await p._signal("TERM", self._pgid):
-            deadline = loop.time() + grace
-            while await self.alive() and loop.time() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(_CANCEL_POLL)
-            if await self.alive():
-                code = 137
-                await p._signal("KILL", self._pgid)
-                deadline = loop.time() + _KILL_WAIT
-                while await self.alive() and loop.time() < deadline:  # noqa: ASYNC110
-                    await asyncio.sleep(_CANCEL_POLL)
-        await p.files.write_exit_if_missing(self._run_dir, code)
+    async def _signal(self, kill: bool) -> bool:
+        return await self._provider._signal("KILL" if kill else "TERM", self._pgid)
+
+    async def _write_exit_if_missing(self, code: int) -> None:
+        await self._provider.files.write_exit_if_missing(self._run_dir, code)
 
 
 class AliveBatch:

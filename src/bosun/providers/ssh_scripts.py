@@ -34,9 +34,14 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Positional arguments: mode ("auto", "nosetsid", "tmux"), run dir, cwd, then the argv
 #: to run with exactly the run's environment (the wrapper's, or tmux mode's start argv).
 #: Prints "PID PGID", or "nocwd" when the working directory does not exist.
+#:
+#: With setsid, the run's process group exists only once the background child has called
+#: setsid(): the child holds the channel's stdout (fd 3) until its loader, which runs
+#: after setsid, closes it; sshd ends the channel only then, so when the launch returns
+#: the group is there (a liveness check or a cancel right after it cannot miss the run).
 LAUNCH_SCRIPT = r"""m=$1; d=$2; cwd=$3; shift 3
 [ -d "$cwd" ] || { echo nocwd; exit 0; }
-load='. "$1/env.sh" || { echo "bosun: cannot load the run environment" >&2
+load='exec 3>&-; . "$1/env.sh" || { echo "bosun: cannot load the run environment" >&2
   echo 126 >"$1/exit"; exit 126; }
 command -p rm -f -- "$1/env.sh"; shift; exec "$@"'
 set -- env -i /bin/sh -c "$load" bosun-env "$d" "$@"
@@ -46,7 +51,7 @@ if [ "$m" = tmux ]; then
   if [ -n "$ss" ]; then setsid "$@"; else "$@"; fi </dev/null >>"$d/stdout" 2>>"$d/stderr"
   read -r p <"$d/pid" && echo "$p $p"
 elif [ -n "$ss" ]; then
-  setsid "$@" </dev/null >>"$d/stdout" 2>>"$d/stderr" &
+  setsid "$@" 3>&1 </dev/null >>"$d/stdout" 2>>"$d/stderr" &
   echo "$! $!"
 else
   echo "$$" >"$d/pgid"

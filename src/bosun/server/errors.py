@@ -23,32 +23,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bosun.errors import (
+    API_ERRORS,
     BosunError,
-    ConfigError,
-    InputError,
-    InvalidTransition,
-    LeaseLost,
-    NotFound,
-    ProviderError,
-    StoreError,
-    WorkspaceError,
 )
 
 log = logging.getLogger("bosun.server")
 
 __all__ = ["ERROR_RESPONSES", "ApiError", "error_body", "install_error_handlers", "status_of"]
-
-#: (status, code) of every ``BosunError`` subclass, most specific first.
-_STATUS: tuple[tuple[type[BosunError], int, str], ...] = (
-    (NotFound, 404, "not_found"),
-    (InputError, 400, "invalid_input"),
-    (ConfigError, 400, "config_error"),
-    (InvalidTransition, 409, "invalid_transition"),
-    (LeaseLost, 409, "lease_lost"),
-    (StoreError, 503, "store_unavailable"),
-    (WorkspaceError, 500, "workspace_error"),
-    (ProviderError, 502, "provider_error"),
-)
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -89,7 +70,7 @@ class ApiError(Exception):
 
 def status_of(exc: BosunError) -> tuple[int, str]:
     """The HTTP status and error code of a bosun error."""
-    for cls, status, code in _STATUS:
+    for cls, status, code in API_ERRORS:
         if isinstance(exc, cls):
             return status, code
     return 500, "internal_error"

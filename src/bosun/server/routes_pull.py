@@ -21,7 +21,7 @@ from bosun.models import ErrorKind, NewEvent, Outcome, Task
 from bosun.review import reviewed
 from bosun.server.deps import AgentToken, SettingsDep, StoreDep
 from bosun.server.errors import ERROR_RESPONSES, ApiError
-from bosun.server.routes_tasks import MAX_ID, TaskId, TaskOut
+from bosun.server.routes_tasks import MAX_ID, TaskId, TaskOut, text_ok
 from bosun.store.sql import SqlStore
 from bosun.store.sql_pull import MAX_STATUS_EVENTS
 from bosun.workspace import branch_name
@@ -34,23 +34,13 @@ _Name = Annotated[str, Field(min_length=1, max_length=128)]
 _Sha = Annotated[str, Field(pattern=r"^[0-9a-f]{4,64}$")]
 
 
-def _text_ok(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("contains a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("contains an unpaired surrogate (not valid Unicode text)") from None
-    return value
-
-
 def _clean(value: Any) -> Any:
     """Refuse what no database can store (NUL bytes, unpaired surrogates) anywhere in a
     JSON value, keys included."""
     if isinstance(value, str):
-        return _text_ok(value)
+        return text_ok(value)
     if isinstance(value, dict):
-        return {_text_ok(str(k)): _clean(v) for k, v in value.items()}
+        return {text_ok(str(k)): _clean(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_clean(v) for v in value]
     return value

@@ -15,7 +15,7 @@ from bosun.store.base import TaskFilter
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
-__all__ = ["MAX_ID", "TaskId", "TaskIn", "router"]
+__all__ = ["MAX_ID", "TaskId", "TaskIn", "router", "text_ok"]
 
 #: The largest id any backend stores (ids are 32-bit ``INTEGER`` columns on PostgreSQL):
 #: larger ones in a path or query are a 422, not a database error.
@@ -25,7 +25,7 @@ TaskId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="A task id")]
 _Text = Annotated[str, Field(max_length=10_000)]
 
 
-def _text_ok(value: str) -> str:
+def text_ok(value: str) -> str:
     """Refuse what no database can store: NUL bytes and unpaired surrogates."""
     if "\x00" in value:
         raise ValueError("contains a NUL character")
@@ -63,12 +63,12 @@ class TaskIn(BaseModel):
     @field_validator("title", "body", "repo", "agent", "base_branch", "host")
     @classmethod
     def _one_text(cls, value: str | None) -> str | None:
-        return None if value is None else _text_ok(value)
+        return None if value is None else text_ok(value)
 
     @field_validator("constraints", "validation", "labels", "scope")
     @classmethod
     def _texts(cls, values: list[str]) -> list[str]:
-        return [_text_ok(v) for v in values]
+        return [text_ok(v) for v in values]
 
     def spec(self) -> TaskSpec:
         return TaskSpec(

@@ -10,7 +10,7 @@ the same host record each change once.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -84,8 +84,15 @@ def _host_values(fields: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _is_conflict(exc: StoreError) -> bool:
-    return isinstance(exc.__cause__, IntegrityError)
+async def _retry_conflict(write: Callable[[], Awaitable[HostRecord]]) -> HostRecord:
+    """Run ``write`` again once when it lost a race to create the same row (the second
+    try sees the row the other writer made)."""
+    try:
+        return await write()
+    except StoreError as exc:
+        if not isinstance(exc.__cause__, IntegrityError):
+            raise
+    return await write()
 
 
 class HostMethods(SqlBase):
@@ -130,13 +137,7 @@ class HostMethods(SqlBase):
             }
         )
         config = json_object(config, "config")
-        for attempt in range(2):
-            try:
-                return await self._add_host(name, source, config, state)
-            except StoreError as exc:
-                if attempt or not _is_conflict(exc):
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await _retry_conflict(lambda: self._add_host(name, source, config, state))
 
     @shielded
     async def _add_host(
@@ -178,13 +179,7 @@ class HostMethods(SqlBase):
         created as the state row of a ``bosun.toml`` host (source "config"); without it a
         missing host is ``NotFound``."""
         values = _host_values(fields)
-        for attempt in range(2):
-            try:
-                return await self._update_host(name, create, values)
-            except StoreError as exc:
-                if attempt or not _is_conflict(exc):
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await _retry_conflict(lambda: self._update_host(name, create, values))
 
     @shielded
     async def _update_host(self, name: str, create: bool, values: dict[str, Any]) -> HostRecord:
@@ -209,13 +204,7 @@ class HostMethods(SqlBase):
         change from unhealthy to healthy ``host.healthy`` ``{host}``, in the same
         transaction; only the writer that made the change appends it."""
         when = aware(now or utcnow(), "now")
-        for attempt in range(2):
-            try:
-                return await self._record_health(name, healthy, error, when)
-            except StoreError as exc:
-                if attempt or not _is_conflict(exc):
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await _retry_conflict(lambda: self._record_health(name, healthy, error, when))
 
     @shielded
     async def _record_health(
