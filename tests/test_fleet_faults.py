@@ -24,9 +24,11 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -690,6 +692,53 @@ async def test_cancel_kills_the_remote_process_group_and_only_it(
     assert f"done {run_key(doomed, 1)}" not in ledger(h1)
     assert f"done {run_key(kept, 1)}" in ledger(h1)
     assert agent_processes(h1) == []
+
+
+# -- a host slow to start runs ------------------------------------------------------------
+@pytest.fixture
+def slow_setsid() -> Iterator[Path]:
+    """A directory holding a ``setsid`` that takes half a second before it runs the real
+    one: a host so busy that a launched run gets its own session only a while later."""
+    real = shutil.which("setsid")
+    if real is None:
+        pytest.skip("setsid (util-linux) is not installed")
+    where = Path(tempfile.mkdtemp(prefix="bosun-slow-", dir="/tmp"))
+    try:
+        where.chmod(0o755)
+        tool = where / "setsid"
+        tool.write_text(f'#!/bin/sh\nsleep 0.5\nexec {real} "$@"\n')
+        tool.chmod(0o755)
+        yield where
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+async def test_runs_slow_to_get_their_own_session_are_neither_lost_nor_run_twice(
+    sshd: SshdFleet, orchestrator: MakeOrchestrator, slow_setsid: Path
+) -> None:
+    """A liveness check right after a launch must see the run even when the run has not
+    called setsid() yet (it happened on a loaded host: the run was taken for lost, its task
+    retried, and both runs completed)."""
+    (h1,) = sshd.start(1, extra_config=(f"SetEnv PATH={slow_setsid}:/usr/bin:/bin",))
+    sshd.trust(h1)
+    orch = orchestrator(sshd.hosts_tables(max_concurrent=2))
+    work = h1.home / ".bosun"
+    work.mkdir()
+    os.chown(work, h1.uid, h1.lease.gid)
+    open_gate([h1], "a")  # the runs end as soon as they have started
+    async with service(orch) as svc:
+        ids = [(await svc.submit(TaskSpec(title=f"t{i}", agent="work"))).id for i in range(2)]
+        orch.start()
+        await orch.wait_for(lambda: all_settled(svc, ids), "both tasks to finish")
+        orch.stop()
+        events = await all_events(svc)
+        diag = await orch.state()
+        tasks = [await svc.get(t) for t in ids]
+        runs = [await svc.runs(t) for t in ids]
+    assert all(t.status is TaskStatus.COMPLETED and t.attempt == 1 for t in tasks), diag
+    assert all(len(r) == 1 and r[0].status is RunStatus.SUCCEEDED for r in runs), diag
+    per_task = assert_each_completed_once(ids, events, [h1])
+    assert all(len(lines) == 2 for lines in per_task.values()), per_task
 
 
 # -- 7. an unknown host key, through the CLI ---------------------------------------------
