@@ -91,6 +91,9 @@ class FlakyProvider:
         await self.outage.gate()
         await self.inner.ensure_ready()
 
+    def host_env(self) -> Mapping[str, str]:
+        return self.inner.host_env()
+
     async def run_dir(self, key: str) -> str:
         await self.outage.gate()
         return await self.inner.run_dir(key)

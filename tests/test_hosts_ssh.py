@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from bosun.models import RunStatus, TaskSpec, TaskStatus
-from bosun.service import Service
+from bosun.service import Service, make_providers
 from tests.conftest import SettingsFactory
 from tests.sshd import (  # noqa: F401 (fixtures)
     SshdFleet,
@@ -225,3 +225,30 @@ async def test_a_run_on_a_failed_ssh_host_is_retried_elsewhere_once(
     assert lines == ["started", "quick"]
     assert "host.unhealthy" in kinds and "host.healthy" in kinds
     assert kinds.count("run.stray_killed") == (1 if fault == "drops_packets" else 0)
+
+
+async def test_an_agent_on_an_ssh_host_gets_the_hosts_path_not_bosuns(
+    sshd: SshdFleet, make_settings: SettingsFactory
+) -> None:
+    # The agent's CLI is installed on the host: it must run with the PATH commands get
+    # there (the one preflight looked the program up with), not with bosun's own PATH.
+    (h1,) = sshd.start(1)
+    sshd.trust(h1)
+    settings = make_settings(
+        agents={"path": {"command": ["sh", "-c", 'printf "%s\\n" "$PATH"']}},
+        hosts={"h1": sshd.host_table(h1)},
+    )
+    async with await Service.open(settings) as svc:
+        task = await svc.submit(TaskSpec(title="which path", agent="path"))
+        async with serving(svc):
+            await until(lambda: settled(svc, task.id))
+        assert (await svc.get(task.id)).status is TaskStatus.COMPLETED
+        lines = [e.data["line"] for e in await svc.events(task.id) if e.kind == "run.output"]
+    provider = make_providers(settings)["h1"]
+    try:
+        await provider.ensure_ready()
+        host_path = (await provider.exec(["sh", "-c", 'printf "%s" "$PATH"'])).stdout
+    finally:
+        await provider.aclose()
+    assert lines == [host_path]
+    assert host_path != os.environ["PATH"]

@@ -145,7 +145,8 @@ class Attempt:
                 workdir=wt.path,
                 run_dir=run_dir,
                 session_id=resume_session,
-                environ=self.ctx.environ,
+                # a remote host's own PATH, not bosun's: its CLIs are installed there
+                environ={**self.ctx.environ, **self.provider.host_env()},
             )
         except BosunError as exc:
             await self._fail_before_launch(ErrorKind.LAUNCH, exc)

@@ -112,6 +112,12 @@ class Provider(Protocol):
 
     async def ensure_ready(self) -> None: ...
 
+    def host_env(self) -> Mapping[str, str]:
+        """Variables that belong to the host rather than to bosun (``PATH`` of a remote
+        user): they replace bosun's own in the environment an agent there is given.
+        Empty for this machine; known after ``ensure_ready``."""
+        ...
+
     async def run_dir(self, key: str) -> str:
         """Create (if needed) and return the run directory for ``key``."""
         ...

@@ -376,6 +376,10 @@ class LocalProvider:
         self._sh = shutil.which("sh") or "/bin/sh"
         self._reapers: dict[int, asyncio.Task[None]] = {}
 
+    def host_env(self) -> Mapping[str, str]:
+        """Nothing: on this machine, bosun's own environment is the host's."""
+        return {}
+
     async def ensure_ready(self) -> None:
         """Create ``root/runs`` and check that it is writable."""
         runs = os.path.join(self._root, "runs")

@@ -118,12 +118,17 @@ class SshProvider:
         self._ready_timeout = ready_timeout
         self._mode = "auto" if use_setsid else "nosetsid"
         self._home: str | None = None
+        self._path = ""  # the host's PATH for commands (learnt with $HOME)
         self._has_proc = False
         self._root: str | None = None
         self._prepare_lock = asyncio.Lock()
         self._alive_batch = AliveBatch(self._alive_groups)
 
     # -- paths ---------------------------------------------------------------------------
+    def host_env(self) -> Mapping[str, str]:
+        """The host's ``PATH`` (where its agent CLIs are installed), once ready."""
+        return {"PATH": self._path} if self._path else {}
+
     @property
     def home(self) -> str:
         """The remote user's $HOME (known after the first connection)."""
@@ -153,7 +158,8 @@ class SshProvider:
                         ["/bin/sh", "-c", PREPARE_SCRIPT, "bosun-prepare", self.config.work_dir]
                     )
                 )
-                proc, _, home = out.decode(errors="replace").partition("\n")
+                proc, _, rest = out.decode(errors="replace").partition("\n")
+                home, _, path = rest.partition("\n")
                 if code != 0 or proc not in ("proc", "noproc") or not home.startswith("/"):
                     raise ProviderError(
                         f"cannot prepare work_dir {self.config.work_dir!r} on host "
@@ -161,6 +167,7 @@ class SshProvider:
                         hint="check the remote user's $HOME and that work_dir is writable",
                     )
                 self._home = home
+                self._path = path
                 self._has_proc = proc == "proc"
                 self._root = posixpath.normpath(posixpath.join(home, self.config.work_dir))
         return self._root

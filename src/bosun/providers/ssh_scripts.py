@@ -107,11 +107,12 @@ NO_DIR = (200, b"bosun-exec: no such directory\n")
 NO_PROGRAM = (201, b"bosun-exec: program not found\n")
 
 #: Positional argument: work dir (relative to $HOME or absolute). Prints "proc" or
-#: "noproc" (whether the host has a Linux /proc) on a line, then $HOME.
+#: "noproc" (whether the host has a Linux /proc) on a line, then $HOME on a line, then the
+#: PATH that commands on the host run with (agents there get it instead of bosun's).
 PREPARE_SCRIPT = r"""cd || exit 90
 mkdir -p -- "$1/runs" || exit 91
 if [ -r /proc/self/stat ]; then echo proc; else echo noproc; fi
-printf '%s' "$HOME"
+printf '%s\n%s' "$HOME" "$PATH"
 """
 
 
