@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI
 
 from bosun.config import Settings
 from bosun.server.errors import install_error_handlers
+from bosun.server.sse import Tails
 from bosun.service import Service
 from bosun.store.sql import SqlStore
 
@@ -46,6 +47,10 @@ def _optional_router(module: str) -> APIRouter | None:
     return router
 
 
+#: Seconds the API remembers an authenticated token (``SqlStore.cache_tokens``).
+TOKEN_CACHE_SECONDS = 5.0
+
+
 def create_app(settings: Settings, store: SqlStore) -> FastAPI:
     """The API over ``store`` (the caller opens and closes it)."""
     from bosun.server import routes_core, routes_events, routes_tasks
@@ -58,9 +63,13 @@ def create_app(settings: Settings, store: SqlStore) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = store
+    # Every request authenticates: remember a token for a few seconds instead of reading
+    # it each time (a revoke through another process takes up to that long; docs/server.md).
+    store.cache_tokens(TOKEN_CACHE_SECONDS)
     app.state.service = Service(settings, store)
     app.state.stopping = asyncio.Event()  # set by `bosun serve` on shutdown: streams end
     app.state.sse_keepalive = 15.0  # seconds between keep-alive comments of idle streams
+    app.state.sse_tails = Tails(store)  # one store reader per followed stream (sse.py)
     install_error_handlers(app)
     app.include_router(routes_core.router)
     app.include_router(routes_tasks.router)

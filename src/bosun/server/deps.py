@@ -47,19 +47,27 @@ __all__ = [
 bearer = HTTPBearer(auto_error=False, description="An API token: `bosun token create`.")
 
 
-def get_settings(request: Request) -> Settings:
+# These three are ``async def`` although they never wait: FastAPI runs a plain ``def``
+# dependency in a worker thread, a hop to another thread and back on every request.
+
+
+async def get_settings(request: Request) -> Settings:
     """The server's loaded ``bosun.toml``."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_store(request: Request) -> SqlStore:
-    """The server's store (one ``SqlStore``: tasks, runs, events, tokens, hosts, pulls)."""
+def _store(request: Request) -> SqlStore:
     store: SqlStore = request.app.state.store
     return store
 
 
-def get_service(request: Request) -> Service:
+async def get_store(request: Request) -> SqlStore:
+    """The server's store (one ``SqlStore``: tasks, runs, events, tokens, hosts, pulls)."""
+    return _store(request)
+
+
+async def get_service(request: Request) -> Service:
     """The ``Service`` facade over the server's settings and store."""
     service: Service = request.app.state.service
     return service
@@ -70,7 +78,7 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 async def require_token(request: Request, credentials: Credentials) -> ApiToken:
     """Any live token (admin or agent); 401 when missing, unknown or revoked."""
-    token = await authenticate(get_store(request), credentials)
+    token = await authenticate(_store(request), credentials)
     request.state.token = token
     return token
 

@@ -14,7 +14,7 @@ from bosun.errors import InputError
 from bosun.server.deps import AdminToken, StoreDep
 from bosun.server.errors import ERROR_RESPONSES
 from bosun.server.routes_tasks import MAX_ID, TaskId
-from bosun.server.sse import FINAL, event_stream
+from bosun.server.sse import FINAL, Tails, event_stream
 
 router = APIRouter(tags=["events"])
 
@@ -62,8 +62,14 @@ def _cursor(after: int | None, last_event_id: str | None) -> int:
 
 def _stream(request: Request, store: StoreDep, **kwargs: Any) -> StreamingResponse:
     state = request.app.state
+    tails: Tails | None = getattr(state, "sse_tails", None)
+    if tails is None or tails.store is not store:
+        # One shared reader per stream and process (bosun.server.sse.Tails).
+        tails = state.sse_tails = Tails(store)
     return StreamingResponse(
-        event_stream(store, keepalive=state.sse_keepalive, stopping=state.stopping, **kwargs),
+        event_stream(
+            store, keepalive=state.sse_keepalive, stopping=state.stopping, tails=tails, **kwargs
+        ),
         media_type="text/event-stream",
         headers=_SSE_HEADERS,
     )
