@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from time import monotonic
 from typing import Any
 
 import pytest
@@ -93,6 +94,29 @@ class TokenContract:
         assert again.revoked_at == revoked.revoked_at
         assert [t.id for t in await store.list_tokens()] == []
         assert [t.id for t in await store.list_tokens(include_revoked=True)] == [a.id, b.id]
+
+    async def test_the_token_cache_forgets_a_revoked_token(
+        self, store: SqlStore, peer_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``cache_tokens`` (the API turns it on): a revoke through the same store is
+        immediate; one by another process once the remembered token expires."""
+        peer_store.cache_tokens(60)
+        a, a_secret = await store.create_token("a", "admin")
+        _, b_secret = await peer_store.create_token("b", "admin")
+        assert await peer_store.authenticate_token("bsn_" + "C" * 43) is None
+        assert await peer_store.authenticate_token(a_secret) is not None
+        assert await peer_store.authenticate_token(b_secret) is not None
+        await peer_store.revoke_token("b")
+        assert await peer_store.authenticate_token(b_secret) is None
+        await store.revoke_token(a.id)
+        remembered = await peer_store.authenticate_token(a_secret)
+        assert remembered is not None and remembered.id == a.id
+        later = monotonic() + 61
+        monkeypatch.setattr("bosun.store.sql_tokens.monotonic", lambda: later)
+        assert await peer_store.authenticate_token(a_secret) is None
+        assert await store.authenticate_token(a_secret) is None  # no cache: at once
+        with pytest.raises(InputError, match="seconds"):
+            peer_store.cache_tokens(-1)
 
     async def test_names_are_unique_among_live_tokens(self, store: SqlStore) -> None:
         first, _ = await store.create_token("ops", "admin")

@@ -265,9 +265,36 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
         now: datetime,
     ) -> Task:
         """Inside a claim transaction: ``task`` -> running with a lease, and its event."""
-        task_id = task.id
-        lifecycle.check(task.id, task.status, TaskStatus.RUNNING)
-        attempt = task.attempt + 1
+        claimed, event = await self._take_row(
+            tx,
+            task.id,
+            task.status,
+            task.attempt,
+            owner=owner,
+            host=host,
+            lease_seconds=lease_seconds,
+            now=now,
+        )
+        await self._add_events(tx, [event], now)
+        return claimed
+
+    async def _take_row(
+        self,
+        tx: _Tx,
+        task_id: int,
+        status: TaskStatus,
+        attempt_before: int,
+        *,
+        owner: str,
+        host: str,
+        lease_seconds: float,
+        now: datetime,
+    ) -> tuple[Task, NewEvent]:
+        """``_take`` without inserting its event: the task (``status``, ``attempt_before``
+        as the caller read them under its lock) -> running with a lease; the updated task
+        and its ``task.status`` event, for the caller to insert with its own."""
+        lifecycle.check(task_id, status, TaskStatus.RUNNING)
+        attempt = attempt_before + 1
         claimed = await self._set_task(
             tx,
             task_id,
@@ -284,14 +311,13 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
             },
         )
         data = {
-            "from": task.status.value,
+            "from": status.value,
             "to": _RUNNING,
             "reason": "claimed",
             "host": host,
             "attempt": attempt,
         }
-        await self._add_events(tx, [NewEvent("task.status", data, task_id=task_id)], now)
-        return claimed
+        return claimed, NewEvent("task.status", data, task_id=task_id)
 
     @_shielded
     async def heartbeat(self, task_id: int, *, owner: str, lease_seconds: float) -> None:
@@ -528,13 +554,20 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
         params = {**values, "_task_id": task_id}
         return task_from_row((await tx.write(_UPDATE_TASK, params)).mappings().one())
 
-    async def _add_events(self, tx: _Tx, new: Sequence[NewEvent], now: datetime) -> list[Event]:
+    async def _add_events(
+        self, tx: _Tx, new: Sequence[NewEvent], now: datetime, *, returning: bool = True
+    ) -> list[Event]:
+        """Insert ``new`` in one statement; the stored events (``returning=False``: none,
+        for a caller that does not need them, which saves reading them back)."""
         if not new:
             return []
         rows = [new_event_values(event, now) for event in new]
         if not tx.events_locked:  # held until the transaction ends: once is enough
             await self._ops.lock_event_log(tx.conn)
             tx.events_locked = True
+        if not returning:
+            await tx.write(_INSERT_EVENTS_ONLY, rows)
+            return []
         stmt = _INSERT_EVENTS
         return [event_from_row(r) for r in (await tx.write(stmt, rows)).mappings()]
 
@@ -638,6 +671,7 @@ _CLAIMABLE_STMT = _claimable_statement(_RUNNABLE_STMT)
 _INSERT_TASK = sa.insert(tasks).returning(*tasks.c)
 _INSERT_RUN = sa.insert(runs).returning(*runs.c)
 _INSERT_EVENTS = sa.insert(events).returning(*events.c, sort_by_parameter_order=True)
+_INSERT_EVENTS_ONLY = sa.insert(events)
 _UPDATE_TASK = sa.update(tasks).where(tasks.c.id == sa.bindparam("_task_id")).returning(*tasks.c)
 _TOUCH_TASK = sa.update(tasks).where(tasks.c.id == sa.bindparam("_task_id"))
 _UPDATE_RUN = sa.update(runs).where(runs.c.id == sa.bindparam("_run_id")).returning(*runs.c)

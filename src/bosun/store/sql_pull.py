@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable, Select
 
-from bosun import lifecycle
+from bosun import lifecycle, scopes
 from bosun.errors import Forbidden, InputError, LeaseLost
 from bosun.models import (
     ErrorKind,
@@ -95,8 +95,16 @@ def _candidates_statement() -> Select[Any]:
 
 _CANDIDATES = _candidates_statement()
 #: FOR UPDATE SKIP LOCKED on PostgreSQL (rows another dequeue is taking are skipped, not
-#: waited for); SQLite omits it: BEGIN IMMEDIATE serialises writers.
-_TAKE = _CANDIDATES.with_for_update(key_share=True, skip_locked=True)
+#: waited for); SQLite omits it: BEGIN IMMEDIATE serialises writers. Only the columns the
+#: choice needs: the task taken comes back whole from its UPDATE ... RETURNING.
+_TAKE = _CANDIDATES.with_only_columns(
+    tasks.c.id, tasks.c.status, tasks.c.attempt, tasks.c.repo, tasks.c.scope
+).with_for_update(key_share=True, skip_locked=True)
+#: The scopes of the running tasks of one repository (the scope check of a candidate).
+_BUSY_SCOPES = sa.select(tasks.c.scope).where(
+    tasks.c.status == _RUNNING, tasks.c.repo == sa.bindparam("repo")
+)
+_INSERT_RUN = sa.insert(runs).returning(runs.c.id)
 _EXPIRED = (
     sa.select(tasks)
     .where(
@@ -125,25 +133,26 @@ class PullMethods(SqlBase):
     async def _set_task(self, tx: Tx, task_id: int, values: dict[str, Any]) -> Task:
         raise NotImplementedError
 
-    async def _add_events(self, tx: Tx, new: Sequence[NewEvent], now: datetime) -> list[Event]:
-        raise NotImplementedError
-
-    async def _collides_with_running(self, conn: AsyncConnection, task: Task) -> bool:
+    async def _add_events(
+        self, tx: Tx, new: Sequence[NewEvent], now: datetime, *, returning: bool = True
+    ) -> list[Event]:
         raise NotImplementedError
 
     async def _queue_dependents(self, tx: Tx, completed_id: int, now: datetime) -> list[NewEvent]:
         raise NotImplementedError
 
-    async def _take(
+    async def _take_row(
         self,
         tx: Tx,
-        task: Task,
+        task_id: int,
+        status: TaskStatus,
+        attempt_before: int,
         *,
         owner: str,
         host: str,
         lease_seconds: float,
         now: datetime,
-    ) -> Task:
+    ) -> tuple[Task, NewEvent]:
         raise NotImplementedError
 
     # -- the pull protocol ---------------------------------------------------------------
@@ -178,32 +187,40 @@ class PullMethods(SqlBase):
         async with self._write() as tx:
             await self._ops.lock_for_claim(tx.conn)
             params = {"now": now, "caps": caps, "limit": _BATCH}
-            for row in (await tx.conn.execute(_TAKE, params)).mappings():
-                task = task_from_row(row)
-                if await self._collides_with_running(tx.conn, task):
-                    continue
+            busy: dict[str, list[list[str]]] = {}  # repo -> scopes of its running tasks
+            for row in (await tx.conn.execute(_TAKE, params)).all():
+                repo, scope = row.repo, row.scope
+                if repo is not None and scope:
+                    if repo not in busy:
+                        found = await tx.conn.execute(_BUSY_SCOPES, {"repo": repo})
+                        busy[repo] = list(found.scalars())
+                    if any(scopes.collides(repo, scope, repo, other) for other in busy[repo]):
+                        continue
                 lease = f"{pull_host(agent)}:{secrets.token_urlsafe(12)}"
-                taken = await self._take(
+                host = pull_host(agent)
+                taken, status_event = await self._take_row(
                     tx,
-                    task,
+                    row.id,
+                    TaskStatus(row.status),
+                    row.attempt,
                     owner=lease,
-                    host=pull_host(agent),
+                    host=host,
                     lease_seconds=lease_seconds,
                     now=now,
                 )
                 ref = {"pull": True, "agent_identity": agent, "lease_sha256": lease_hash(lease)}
-                host = pull_host(agent)
-                values = new_run_values(task.id, taken.attempt, host, task.agent, ref, now)
+                values = new_run_values(taken.id, taken.attempt, host, taken.agent, ref, now)
                 values["status"] = RunStatus.RUNNING.value
-                run_id = (await tx.write(sa.insert(runs).returning(runs.c.id), values)).scalar_one()
+                run_id = (await tx.write(_INSERT_RUN, values)).scalar_one()
                 data = {
                     "run_id": run_id,
                     "agent_identity": agent,
                     "attempt": taken.attempt,
                     "lease_expires_at": _iso(taken.lease_expires_at),
                 }
-                event = NewEvent("pull.dequeued", data, task_id=task.id, run_id=run_id)
-                await self._add_events(tx, [event], now)
+                event = NewEvent("pull.dequeued", data, task_id=taken.id, run_id=run_id)
+                # Both events in one statement, after the run (the event log's lock last).
+                await self._add_events(tx, [status_event, event], now, returning=False)
                 return taken
             return None
 
