@@ -16,6 +16,13 @@ Each figure is printed next to a baseline measured in the same run, on the same 
    capture, ``bench/data/claude-stream-json.jsonl``, its message lines repeated to 100 MB;
    20 MB with ``--quick``), against a bare ``json.loads`` of every line, best of three
    runs each. Goal: at most 1.5x.
+
+The API and SSH benchmarks (issues 4 and 5) live in modules of their own, each with its
+docstring: ``bench.api`` (4. request latency at 200 requests/s, 5. SSE lag),
+``bench.memory`` (6. the orchestrator's memory with 500 running tasks) and ``bench.ssh``
+(7. P1 submit -> agent started over SSH, 8. P2 1,000 tasks over 4 hosts against GNU
+parallel, 9. memory with the runs on SSH hosts). ``--only`` picks sections:
+``core`` (1-3), ``api`` (4-5), ``memory`` (6), ``ssh`` (7-9).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -206,13 +214,32 @@ async def claim_cost(queued: int, claims: int, root: Path) -> list[float]:
         await store.aclose()
 
 
-async def main(quick: bool) -> dict[str, Any]:
-    n = 20 if quick else 60
-    claims = 50 if quick else 200
+SECTIONS = ("core", "api", "memory", "ssh")
+
+
+async def main(quick: bool, only: Sequence[str] = SECTIONS) -> dict[str, Any]:
+    from bench import api, memory, ssh
+
     print(
-        f"machine: {platform.machine()}, {platform.processor() or '?'}; "
+        f"machine: {platform.machine()}, {platform.processor() or '?'}, "
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
         f"python {platform.python_version()}; sqlite {__import__('sqlite3').sqlite_version}"
     )
+    figures: dict[str, Any] = {}
+    if "core" in only:
+        figures["core"] = await core(quick)
+    if "api" in only:
+        figures["api"] = await api.run(quick)
+    if "memory" in only:
+        figures["memory"] = await memory.run(quick)
+    if "ssh" in only:
+        figures["ssh"] = await ssh.run(quick)
+    return figures
+
+
+async def core(quick: bool) -> dict[str, Any]:
+    n = 20 if quick else 60
+    claims = 50 if quick else 200
     with tempfile.TemporaryDirectory(prefix="bosun-bench-") as tmp:
         root = Path(tmp)
         await bare_spawn(3)  # warm the page cache for `date`
@@ -258,5 +285,14 @@ if __name__ == "__main__":
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="fewer samples")
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.quick))
+    chosen = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    asyncio.run(main(args.quick, chosen))
