@@ -13,12 +13,10 @@ process and event loop, the baseline. This process is the client (``bench.httplo
    through ``Store.append_output`` as a running agent's output goes): receive time minus
    the event's ``created_at``. The baseline: the same SSE text fanned out to 100
    followers of a bare Starlette route from in-memory queues. Goal: p99 under 100 ms.
-   A third line is a what-if that is not bosun's code (``bench.apiserver.SharedTail``):
-   the same store and writer, but ONE reader per process fanning out to the followers,
-   where bosun's route runs one reader per follower.
 
 ``python -m bench.api [--quick] [--phases get,dequeue,sse] [--rate N]``; with
-``BENCH_PROFILE=FILE`` the server runs under ``py-spy record`` (raw collapsed stacks).
+``BENCH_PROFILE=FILE`` the server runs under ``py-spy record`` (raw collapsed stacks);
+``BENCH_GC_FREEZE=0`` leaves out the ``gc.freeze()`` that ``bosun serve`` does.
 """
 
 from __future__ import annotations
@@ -247,7 +245,7 @@ async def _sse(
     if target == "bosun":
         url, path, token = info["bosun"], f"/api/v1/tasks/{task_id}/events", info["admin"]
     else:
-        url, path, token = info["bare"], f"/{'tail' if target == 'tail' else 'events'}", None
+        url, path, token = info["bare"], "/events", None
     results = [SseResult() for _ in range(sizes.followers)]
     readies = [asyncio.Event() for _ in results]
     followers = [
@@ -295,12 +293,7 @@ async def _sse_phase(server: Server, sizes: ApiSizes) -> dict[str, Any]:
         f"for {sizes.sse_seconds:.0f} s"
     )
     figures: dict[str, Any] = {}
-    targets = (
-        ("bare", "bare Starlette fan-out"),
-        ("tail", "what-if: one store reader"),
-        ("bosun", "bosun /tasks/{id}/events"),
-    )
-    for target, name in targets:
+    for target, name in (("bare", "bare Starlette fan-out"), ("bosun", "bosun /tasks/{id}/events")):
         results, written, cpu = await _sse(server, target, sizes)
         lags = [x for r in results for x in r.lags_ms]
         complete = sum(1 for r in results if r.events == written["events"] and r.ended)

@@ -7,9 +7,8 @@ second uvicorn: the baseline. It seeds tasks, creates an admin and an agent toke
 one JSON line (URLs, secrets, task ids) and then obeys one-line JSON commands on stdin,
 answering each with one JSON line on stdout:
 
-- ``{"cmd": "sse-prepare", "target": "bosun"|"tail"|"bare"}``: a task in ``running``
-  with a run (bosun; tail: plus a ``SharedTail`` reading it), or a fresh fan-out (bare);
-  answers ``{"task_id": N}``;
+- ``{"cmd": "sse-prepare", "target": "bosun"|"bare"}``: a task in ``running`` with a run
+  (bosun), or a fresh fan-out (bare); answers ``{"task_id": N}``;
 - ``{"cmd": "sse-write", "target": ..., "seconds": S, "rate": BYTES_PER_S, "line": N}``:
   write ``run.output`` events of ``N``-byte lines at ``rate`` for ``S`` seconds (every
   10 ms, the bytes due so far), then end the streams (bosun: the task completes);
@@ -49,7 +48,7 @@ from bosun.dispatcher import Dispatcher
 from bosun.models import Event, ExecutionMode, NewEvent, TaskSpec, TaskStatus
 from bosun.server.app import create_app
 from bosun.server.run import GRACE, ApiServer, listen, url_of
-from bosun.server.sse import PAGE, RETRY_MS, format_event
+from bosun.server.sse import RETRY_MS, format_event
 from bosun.service import make_providers
 from bosun.store import SqlStore, open_store
 from bosun.store.rows import new_task_values
@@ -106,7 +105,6 @@ class Bare:
                 Route("/tasks/{task_id:int}", self.get_task),
                 Route("/dequeue", self.dequeue, methods=["POST"]),
                 Route("/events", self.events),
-                Route("/tail", self.events),  # same fan-out, fed by a SharedTail
             ]
         )
 
@@ -139,38 +137,6 @@ def _line(size: int, n: int) -> str:
     return (text * (size // len(text) + 1))[:size]
 
 
-class SharedTail:
-    """A what-if, not bosun's code: ONE reader of the store per process (the same
-    ``events_since`` / ``wait_for_change`` loop as ``bosun.server.sse.event_stream``)
-    fanning the SSE text out to every follower's queue, where bosun's route has one
-    reader per follower."""
-
-    def __init__(self, store: SqlStore, bare: Bare, task_id: int) -> None:
-        self.store, self.bare, self.task_id = store, bare, task_id
-        self.done = asyncio.Event()  # set by the writer after its last event
-        self.job = asyncio.create_task(self.run())
-
-    async def run(self) -> None:
-        cursor = await self.store.last_event_id()
-        while True:
-            finished = self.done.is_set()
-            seen = await self.store.last_event_id()
-            batch = await self.store.events_since(cursor, task_id=self.task_id, limit=PAGE)
-            if batch:
-                cursor = batch[-1].id
-                chunk = "".join(format_event(ev) for ev in batch)
-                for queue in self.bare.followers:
-                    queue.put_nowait(chunk)
-                if len(batch) == PAGE:
-                    continue
-            if finished:
-                break
-            await self.store.wait_for_change(1.0, after=seen)  # no wake-up lost
-        for queue in self.bare.followers:
-            queue.put_nowait(None)
-        self.bare.followers.clear()
-
-
 async def write_output(
     target: str,
     store: SqlStore,
@@ -178,7 +144,6 @@ async def write_output(
     task_id: int,
     run_id: int,
     cmd: dict[str, Any],
-    tail: SharedTail | None = None,
 ) -> dict[str, Any]:
     """Output events of ``cmd["line"]``-byte lines at ``cmd["rate"]`` bytes/s."""
     seconds, rate, size = float(cmd["seconds"]), float(cmd["rate"]), int(cmd["line"])
@@ -195,7 +160,7 @@ async def write_output(
             written += len(line) + 1
             count += 1
         if lines:
-            if target in ("bosun", "tail"):
+            if target == "bosun":
                 new = [NewEvent("run.output", {"stream": "stdout", "line": ln}) for ln in lines]
                 await store.append_output(run_id, new, stdout_offset=written, stderr_offset=0)
             else:
@@ -218,13 +183,9 @@ async def write_output(
                     queue.put_nowait(chunk)
         await asyncio.sleep(max(0.0, start + elapsed + WRITE_EVERY - loop.time()))
     elapsed = loop.time() - start
-    if target in ("bosun", "tail"):
+    if target == "bosun":
         await store.transition(task_id, TaskStatus.COMPLETED, owner="bench", reason="done")
-    if target == "tail":
-        assert tail is not None
-        tail.done.set()
-        await tail.job
-    elif target == "bare":
+    else:
         for queue in bare.followers:
             queue.put_nowait(None)
         bare.followers.clear()
@@ -280,7 +241,6 @@ async def main(root: Path) -> None:
         loop = asyncio.get_running_loop()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         sse_task = sse_run = 0
-        tail: SharedTail | None = None
         while line := await reader.readline():
             cmd = json.loads(line)
             if cmd["cmd"] == "quit":
@@ -298,8 +258,7 @@ async def main(root: Path) -> None:
                 }
                 say({"cpu": t.user + t.system, "loop_lag": lag})
             elif cmd["cmd"] == "sse-prepare":
-                tail = None
-                if cmd["target"] in ("bosun", "tail"):
+                if cmd["target"] == "bosun":
                     # pinned to a host the dispatcher does not have: it never takes it
                     spec = TaskSpec(title="loud", agent=AGENT, host="elsewhere")
                     task = await store.add_task(spec, max_attempts=1)
@@ -309,14 +268,11 @@ async def main(root: Path) -> None:
                     )
                     run = await store.add_run(task.id, attempt=1, host="local", agent=AGENT, ref={})
                     sse_task, sse_run = task.id, run.id
-                    if cmd["target"] == "tail":
-                        tail = SharedTail(store, bare, task.id)
                 else:
                     sse_task, sse_run = 1, 1
                 say({"task_id": sse_task})
             elif cmd["cmd"] == "sse-write":
-                out = await write_output(cmd["target"], store, bare, sse_task, sse_run, cmd, tail)
-                say(out)
+                say(await write_output(cmd["target"], store, bare, sse_task, sse_run, cmd))
         watching.cancel()
         stop.set()
         app.state.stopping.set()
