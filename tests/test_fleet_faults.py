@@ -679,6 +679,13 @@ async def test_cancel_kills_the_remote_process_group_and_only_it(
         assert {pgid for _pid, pgid, _argv in agent_processes(h1)} == {group[kept]}
         open_gate([h1], "a")
         await orch.wait_for(lambda: all_settled(svc, [kept]), "the other task to finish")
+
+        async def recorded() -> bool:
+            # whoever killed the group also records the run's end; a stop before that
+            # would leave it to the next orchestrator's reconciliation
+            return all(r.ended_at is not None for r in await svc.runs(doomed))
+
+        await orch.wait_for(recorded, "the cancelled run's end to be recorded")
         orch.stop()
         cancelled, finished = await svc.get(doomed), await svc.get(kept)
         runs: dict[int, list[Run]] = {t: await svc.runs(t) for t in (doomed, kept)}
