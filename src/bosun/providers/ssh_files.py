@@ -11,12 +11,15 @@ import asyncio
 import contextlib
 import posixpath
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import asyncssh
 
 from bosun.errors import ProviderError
 from bosun.providers.ssh_conn import SshLink
+
+#: A lost link: not a file-system error; the link reports it as an unreachable host.
+_LINK_LOST = (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection)
 
 __all__ = ["HostFiles", "close_all"]
 
@@ -52,6 +55,22 @@ class HostFiles:
             raise self.fs_error("create directory", path)
         await self._makedirs(parent, depth + 1)
         await self._makedirs(path, depth + 1)
+
+    @contextlib.contextmanager
+    def fs_errors(self, what: str, path: str, *, local: bool = False) -> Iterator[None]:
+        """An SFTP failure (with ``local``, also a local ``OSError``) becomes a
+        ``ProviderError`` naming ``what`` and ``path``; a lost connection passes through,
+        for the link to report as an unreachable host."""
+        try:
+            yield
+        except _LINK_LOST:
+            raise
+        except asyncssh.SFTPError as exc:
+            raise self.fs_error(what, path, exc) from exc
+        except OSError as exc:
+            if not local:
+                raise
+            raise self.fs_error(what, path, exc) from exc
 
     def fs_error(self, what: str, path: str, exc: Exception | None = None) -> ProviderError:
         reason = f": {exc.reason}" if isinstance(exc, asyncssh.SFTPError) else ""
@@ -130,64 +149,46 @@ class HostFiles:
     async def put(
         self, sftp: asyncssh.SFTPClient, path: str, data: bytes, mode: int = 0o644
     ) -> None:
-        try:
+        with self.fs_errors("write", path):
             f = await sftp.open(path, "wb", asyncssh.SFTPAttrs(permissions=mode))
             try:
                 await f.write(data)
             finally:
                 await f.close()
-        except asyncssh.SFTPError as exc:
-            if isinstance(exc, asyncssh.SFTPConnectionLost | asyncssh.SFTPNoConnection):
-                raise
-            raise self.fs_error("write", path, exc) from exc
 
     # -- file transfer (remote workspaces) ----------------------------------------------
     async def upload(self, local_path: str, remote_path: str) -> None:
         """Copy a local file to the host (SFTP), e.g. a git bundle."""
         async with self.link.files() as sftp:
-            try:
+            with self.fs_errors("upload to", remote_path, local=True):
                 await sftp.put(local_path, remote_path)
-            except (asyncssh.SFTPError, OSError) as exc:
-                if isinstance(exc, asyncssh.SFTPConnectionLost | asyncssh.SFTPNoConnection):
-                    raise
-                raise self.fs_error("upload to", remote_path, exc) from exc
 
     async def download(self, remote_path: str, local_path: str) -> None:
         """Copy a file from the host to this machine (SFTP)."""
         async with self.link.files() as sftp:
-            try:
+            with self.fs_errors("download", remote_path, local=True):
                 await sftp.get(remote_path, local_path)
-            except (asyncssh.SFTPError, OSError) as exc:
-                if isinstance(exc, asyncssh.SFTPConnectionLost | asyncssh.SFTPNoConnection):
-                    raise
-                raise self.fs_error("download", remote_path, exc) from exc
 
     # -- run files -----------------------------------------------------------------------
     async def size(self, path: str) -> int | None:
         async with self.link.files() as sftp:
-            try:
-                attrs = await sftp.stat(path)
-            except asyncssh.SFTPNoSuchFile:
-                return None
-            except asyncssh.SFTPError as exc:
-                if isinstance(exc, asyncssh.SFTPConnectionLost | asyncssh.SFTPNoConnection):
-                    raise
-                raise self.fs_error("stat", path, exc) from exc
+            with self.fs_errors("stat", path):
+                try:
+                    attrs = await sftp.stat(path)
+                except asyncssh.SFTPNoSuchFile:
+                    return None
         return attrs.size
 
     async def read_at(self, path: str, offset: int, size: int) -> bytes | None:
         async with self.link.files() as sftp:
-            try:
-                async with sftp.open(path, "rb") as f:
-                    data = await f.read(size, offset)
-                    assert isinstance(data, bytes)
-                    return data
-            except asyncssh.SFTPNoSuchFile:
-                return None
-            except asyncssh.SFTPError as exc:
-                if isinstance(exc, asyncssh.SFTPConnectionLost | asyncssh.SFTPNoConnection):
-                    raise
-                raise self.fs_error("read", path, exc) from exc
+            with self.fs_errors("read", path):
+                try:
+                    async with sftp.open(path, "rb") as f:
+                        data = await f.read(size, offset)
+                        assert isinstance(data, bytes)
+                        return data
+                except asyncssh.SFTPNoSuchFile:
+                    return None
 
     async def read_small(self, path: str) -> bytes | None:
         return await self.read_at(path, 0, 4096)
