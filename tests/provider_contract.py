@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -324,9 +325,9 @@ class ProviderContract:
         path = await provider.run_dir("task-12-attempt-2")
         assert path.startswith("/")
         assert path.endswith("/runs/task-12-attempt-2")
-        assert Path(path).is_dir()
         assert await provider.run_dir("task-12-attempt-2") == path
         run = await start(provider, "task-12-attempt-2", ["true"], workdir)
+        assert Path(path).is_dir()  # by the launch at the latest
         await wait_exit(run)
         with pytest.raises(ProviderError, match="already used"):
             await provider.launch(Command(argv=("true",), cwd=str(workdir)), path)
@@ -336,6 +337,20 @@ class ProviderContract:
             )
         with pytest.raises(ProviderError, match="empty argv"):
             await provider.launch(Command(argv=(), cwd=str(workdir)), await provider.run_dir("e"))
+
+    async def test_make_cwd_creates_the_working_directory(
+        self, provider: Provider, workdir: Path
+    ) -> None:
+        cwd = workdir / "scratch" / "task-7"
+        cmd = Command(argv=("sh", "-c", "pwd; echo x > here"), cwd=str(cwd), env=PATH_ENV)
+        run = await provider.launch(replace(cmd, make_cwd=True), await provider.run_dir("mk"))
+        assert await wait_exit(run) == 0
+        assert (await drain(run))["stdout"] == [str(cwd)]
+        assert (cwd / "here").read_text() == "x\n"
+        with pytest.raises(ProviderError, match="does not exist"):
+            await provider.launch(
+                replace(cmd, cwd=str(workdir / "other")), await provider.run_dir("mk2")
+            )
 
     async def test_run_survives_aclose_and_reattaches(
         self, provider: Provider, fresh_provider: ProviderFactory, workdir: Path

@@ -293,52 +293,67 @@ async def test_alive_checks_cost_no_process_or_share_one_channel(
     sshd: SshdFleet, host: SshHost, tmp_path: Path, provider: SshProvider
 ) -> None:
     work = host_dir(host, "work")
-    # Linux host, leader alive: read from /proc over SFTP, no command started
+    # the host session answers: no command started for any of them
     runs = [await start(provider, f"s{i}", ["sleep", "300"], work) for i in range(10)]
     for run in runs:  # the wrapper has started: its own session and group exist
         await wait_file(Path(run.run_dir) / "pid")
     before = session_commands(host)
     assert await asyncio.gather(*(r.alive() for r in runs)) == [True] * 10
     assert session_commands(host) == before
-    # without setsid the group's leader (the launcher) is gone: kill -0, batched
+    # without setsid the group's leader (the launcher) is gone: kill -0, still no command
     plain = make_provider(sshd, host, tmp_path / "state")
     p = SshProvider(host.name, plain.config, str(tmp_path / "state"), use_setsid=False)
     try:
         more = [await start(p, f"n{i}", ["sleep", "300"], work) for i in range(20)]
         before = session_commands(host)
         assert await asyncio.gather(*(r.alive() for r in more)) == [True] * 20
-        assert session_commands(host) - before <= 2
+        assert session_commands(host) - before == p.session.starts == 1  # the session
         await asyncio.gather(*(r.cancel(grace=2) for r in [*runs, *more]))
         assert await asyncio.gather(*(r.alive() for r in [*runs, *more])) == [False] * 30
     finally:
         await p.aclose()
 
 
+@pytest.mark.parametrize("setsid", [True, False], ids=["session", "exec-launch"])
 async def test_env_values_never_cross_a_command_line(
-    provider: SshProvider, host: SshHost, monkeypatch: pytest.MonkeyPatch
+    sshd: SshdFleet, host: SshHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setsid: bool
 ) -> None:
+    """Both ways of launching (the host session; an exec channel where there is no
+    setsid): the secret reaches the agent and no command line on the host holds it."""
     work = host_dir(host, "work")
+    plain = make_provider(sshd, host, tmp_path / "state")
+    p = SshProvider(host.name, plain.config, str(tmp_path / "state"), use_setsid=setsid)
     lines: list[str] = []
-    real_run = provider.link.run
+    real_run = p.link.run
 
     async def spy(command: str, **kwargs: Any) -> tuple[int, bytes, bytes]:
         lines.append(command)
         return await real_run(command, **kwargs)
 
-    monkeypatch.setattr(provider.link, "run", spy)
+    monkeypatch.setattr(p.link, "run", spy)
     secret = "sk-secret-4711"
-    run = await start(
-        provider,
-        "secret",
-        ["sh", "-c", 'printf %s "$API_KEY" > key.out; echo ok'],
-        work,
-        env={**PATH_ENV, "API_KEY": secret},
-    )
-    assert await wait_exit(run) == 0
-    assert (await drain(run))["stdout"] == ["ok"]
-    assert (work / "key.out").read_text() == secret
-    assert lines and not any(secret in line for line in lines)
-    assert not (Path(run.run_dir) / "env.sh").exists()  # loaded, then deleted
+    try:
+        await p.ensure_ready()
+        lines.clear()
+        run = await start(
+            p,
+            f"secret-{setsid}",
+            ["sh", "-c", 'printf %s "$API_KEY" > key.out; echo up > up; echo ok; exec sleep 300'],
+            work,
+            env={**PATH_ENV, "API_KEY": secret},
+        )
+        await wait_file(work / "up")
+        argvs = [" ".join(a) for _p, _g, a in host.processes()]
+        assert any("sleep 300" in a for a in argvs)  # the run is there to be seen
+        assert not any(secret in a for a in argvs)
+        assert not any(secret in line for line in lines)
+        assert (work / "key.out").read_text() == secret
+        assert not (Path(run.run_dir) / "env.sh").exists()  # never written, or deleted
+        await run.cancel(grace=5)
+        assert (await drain(run))["stdout"] == ["ok"]
+        assert bool(lines) is not setsid  # only the exec launch runs a command
+    finally:
+        await p.aclose()
 
 
 async def test_a_lost_connection_is_unreachable_not_an_exit_code(

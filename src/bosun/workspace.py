@@ -194,13 +194,19 @@ class Workspace:
         repo: RepoSpec | None,
         base_branch: str | None = None,
         source_dir: str | None = None,
+        *,
+        create_scratch: bool = True,
     ) -> Worktree:
-        """A worktree on ``task/<id>-<slug>`` from the base branch (reused on retry)."""
+        """A worktree on ``task/<id>-<slug>`` from the base branch (reused on retry).
+
+        Without a repository: the task's scratch directory, created unless
+        ``create_scratch`` is False (the launch creates it then: ``Command.make_cwd``)."""
         if task_id < 0:
             raise WorkspaceError(f"invalid task id {task_id}", hint="task ids are >= 0")
         if repo is None:
             path = self.scratch_path(task_id)
-            await self._provider.makedirs(path)
+            if create_scratch:
+                await self._provider.makedirs(path)
             return Worktree(path, None, None, None)
         if repo.copy_files and source_dir is None:
             raise WorkspaceError(

@@ -49,6 +49,9 @@ class Command:
     env: Mapping[str, str] = field(default_factory=dict)
     stdin: bytes | None = None  # written to the run dir and fed on stdin; None: /dev/null
     files: Mapping[str, bytes] = field(default_factory=dict)  # run-dir-relative name -> bytes
+    #: create ``cwd`` (and its parents) if it is missing, as part of the launch: a scratch
+    #: directory, which costs an SSH host no round trip of its own this way
+    make_cwd: bool = False
     #: tmux mode: start the run inside this session (a provider honours it at launch)
     tmux: TmuxSession | None = None
 
@@ -119,7 +122,8 @@ class Provider(Protocol):
         ...
 
     async def run_dir(self, key: str) -> str:
-        """Create (if needed) and return the run directory for ``key``."""
+        """The run directory for ``key``: it exists once ``launch`` into it returned (a
+        provider may create it here already; the SSH provider creates it in the launch)."""
         ...
 
     async def makedirs(self, path: str) -> None:

@@ -52,8 +52,10 @@ from bosun.providers.base import Command, ExecResult, OutputChunk, RunHandle, St
 # is exactly the one asked for. ``(exec "$@")`` runs the program in a subshell so that a
 # builtin-looking argv[0] such as ``exec`` or ``exit`` cannot end the wrapper early, and
 # so that the program gets default signal dispositions. ``command -p`` finds ``mv`` even
-# when the agent's PATH does not contain it.
-WRAPPER_SCRIPT = r"""d=$1; cwd=$2; keep_pwd=$3; shift 3
+# when the agent's PATH does not contain it. fd 3 is closed first: an SSH launch passes
+# the wrapper the write end of a pipe that tells it the run has its own session.
+WRAPPER_SCRIPT = r"""exec 3>&-
+d=$1; cwd=$2; keep_pwd=$3; shift 3
 trap : HUP INT TERM
 finish() { echo "$1" >"$d/exit.tmp" && command -p mv -f "$d/exit.tmp" "$d/exit"; exit "$1"; }
 exec >>"$d/stdout" 2>>"$d/stderr"
@@ -430,6 +432,14 @@ class LocalProvider:
     def _spawn(self, command: Command, run_dir: str) -> tuple[str, int]:
         run_dir = os.path.abspath(run_dir)
         cwd = os.path.abspath(command.cwd)
+        if command.make_cwd:
+            try:
+                os.makedirs(cwd, exist_ok=True)
+            except OSError as exc:
+                raise ProviderError(
+                    f"cannot create working directory {cwd}: {exc.strerror}",
+                    hint="check the permissions and free space of bosun's state directory",
+                ) from exc
         self._check_launch(command, run_dir, cwd)
         try:
             for name, data in command.files.items():

@@ -14,26 +14,23 @@ the process group that sshd created for the launching command (sshd makes every
 command's shell a session leader; the launcher replaces that shell (``exec``) and the run
 is its background child), which is just as separate from everything else.
 
-A launch costs two pipelined SFTP round trips and one exec channel:
+A launch is one SFTP ``mkdir`` (the run directory, made by ``run_dir``) and one request
+to the host session (:mod:`bosun.providers.ssh_session`, one ``/bin/sh`` per connection,
+started with an empty environment): it creates ``cmd.json`` exclusively (a run directory
+is launched once), writes ``stdin`` and the run files with ``printf``, and starts the
+wrapper with ``setsid`` in a subshell that exports exactly the run's variables (their
+values never appear on a command line, where other users of the host could read them);
+it answers with the wrapper's pid once the wrapper leads its own session. Agents in tmux
+mode, hosts without ``setsid`` and files holding NUL bytes take the older way: the files
+over SFTP (``env.sh`` with mode 0600 for the variables) and one exec channel running
+:data:`~bosun.providers.ssh_scripts.LAUNCH_SCRIPT`.
 
-1. SFTP: every file is opened at once (``cmd.json`` exclusively: a run directory is
-   launched once; the others without truncation, so a refused launch changes nothing),
-   then written at once: ``cmd.json``, ``stdin``, the run files and ``env.sh`` (mode 0600:
-   the agent's environment as ``export NAME='value'`` lines). Environment values never
-   appear on a command line, where other users of the host could read them.
-2. one exec of the constant :data:`~bosun.providers.ssh_scripts.LAUNCH_SCRIPT` (the
-   closes travel alongside): it checks the working directory, starts ``env -i /bin/sh``
-   detached (``setsid`` when present), which loads ``env.sh``, deletes it and execs
-   the wrapper (so the agent's environment is exactly the one asked for), and prints the
-   wrapper's pid and process group.
-
-Following a run (:mod:`bosun.providers.ssh_run`) reads the ``stdout``/``stderr`` files
-over SFTP from the stored byte offsets (one round trip when nothing is new: two
-pipelined ``stat`` calls), so bosun picks up where it left off after a reconnect or a
-restart, with no line lost or repeated. ``alive`` reads the group leader's
-``/proc/PID/stat`` over SFTP on Linux hosts (no process is started on the host); when
-the leader is gone or there is no /proc, ``kill -0`` on the group answers, and the checks
-of all runs of a host that ask at the same time share one exec channel.
+Following a run (:mod:`bosun.providers.ssh_run`): the session's ``probe`` tells, for
+every run of the host at once and with builtins only, the exit code, whether the output
+files hold anything and whether the process group lives; output is read over SFTP from
+the stored byte offsets when there is some, so bosun picks up where it left off after a
+reconnect or a restart, with no line lost or repeated. Cancel signals the group through
+the session too.
 
 Every text that crosses the remote shell is made by
 :func:`~bosun.providers.ssh_scripts.remote_command` from a constant script and its
@@ -50,8 +47,6 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import asyncssh
-
 from bosun.config import HostConfig
 from bosun.errors import HostUnreachable, ProviderError
 from bosun.providers import tmux
@@ -60,19 +55,19 @@ from bosun.providers.local import WRAPPER_SCRIPT, check_run_files, check_run_key
 from bosun.providers.ssh_conn import SshLink, parse_address
 from bosun.providers.ssh_files import HostFiles, close_all
 from bosun.providers.ssh_keys import HostKey
-from bosun.providers.ssh_run import AliveBatch, SshRun
+from bosun.providers.ssh_run import Coalescer, Probe, SshRun
 from bosun.providers.ssh_scripts import (
-    ALIVE_SCRIPT,
     ENV_NAME,
     EXEC_SCRIPT,
     LAUNCH_SCRIPT,
     NO_DIR,
     NO_PROGRAM,
     PREPARE_SCRIPT,
-    SIGNAL_SCRIPT,
+    env_pairs,
     env_script,
     remote_command,
 )
+from bosun.providers.ssh_session import HostSession
 from bosun.providers.ssh_trust import fetch_host_key, trust_host_key
 
 __all__ = [
@@ -122,7 +117,8 @@ class SshProvider:
         self._has_proc = False
         self._root: str | None = None
         self._prepare_lock = asyncio.Lock()
-        self._alive_batch = AliveBatch(self._alive_groups)
+        self.session = HostSession(self.link, name)
+        self._probes: Coalescer[tuple[str, int], Probe] = Coalescer(self._probe_runs, "probe")
 
     # -- paths ---------------------------------------------------------------------------
     def host_env(self) -> Mapping[str, str]:
@@ -168,6 +164,7 @@ class SshProvider:
                     )
                 self._home = home
                 self._path = path
+                self.session.path = path
                 self._has_proc = proc == "proc"
                 self._root = posixpath.normpath(posixpath.join(home, self.config.work_dir))
         return self._root
@@ -243,36 +240,94 @@ class SshProvider:
             delay = min(delay * 2, _READY_BACKOFF_MAX)
 
     async def run_dir(self, key: str) -> str:
-        """Create (if needed) and return the absolute run directory for ``key``."""
+        """The absolute run directory for ``key``; the launch creates it (no round trip
+        of its own)."""
         check_run_key(key)
-        path = f"{await self._ready()}/runs/{key}"
-        async with self.link.files() as sftp:
-            try:
-                await sftp.mkdir(path)  # a new run directory: one round trip
-                return path
-            except asyncssh.SFTPError as exc:
-                if isinstance(exc, asyncssh.SFTPConnectionLost | asyncssh.SFTPNoConnection):
-                    raise
-        await self.makedirs(path)  # exists already, or runs/ is missing
-        return path
+        return f"{await self._ready()}/runs/{key}"
 
     async def makedirs(self, path: str) -> None:
-        """``mkdir -p`` over SFTP (one round trip when the directory exists)."""
+        """``mkdir -p`` over SFTP (one round trip for a new directory)."""
         await self.files.makedirs(path)
 
     async def launch(self, command: Command, run_dir: str) -> RunHandle:
         """Start ``command`` detached on the host (see the module docstring)."""
         self._check_launch(command)
-        env_text = env_script(command.env)
         await self._ready()
-        keep_pwd = "PWD" in command.env
         meta = {"argv": list(command.argv), "cwd": command.cwd, "env_keys": sorted(command.env)}
         files: dict[str, bytes] = {name: data for name, data in command.files.items()}
         if command.stdin is not None:
             files["stdin"] = command.stdin
-        handles = await self.files.write_launch_files(
-            run_dir, json.dumps(meta).encode(), files, env_text
+        # the run directory, the files' own directories, a scratch working directory
+        dirs = sorted({posixpath.dirname(f"{run_dir}/{n}") for n in files} | {run_dir}, key=len)
+        if command.make_cwd:
+            dirs.append(command.cwd)
+        meta_bytes = json.dumps(meta).encode()
+        if (
+            command.tmux is None
+            and self._mode == "auto"
+            and not any(b"\0" in data for data in files.values())
+            and await self._session_setsid()
+        ):
+            return await self._launch_in_session(command, run_dir, dirs, meta_bytes, files)
+        for d in dirs:
+            await self.makedirs(d)
+        return await self._launch_exec(command, run_dir, meta_bytes, files)
+
+    async def _session_setsid(self) -> bool:
+        """Whether the host session can launch (it needs ``setsid`` on the host)."""
+        await self.session.start()
+        return self.session.has_setsid
+
+    async def _launch_in_session(
+        self,
+        command: Command,
+        run_dir: str,
+        dirs: list[str],
+        meta: bytes,
+        files: Mapping[str, bytes],
+    ) -> RunHandle:
+        env = env_pairs(command.env)
+        args = [run_dir, command.cwd, "1" if "PWD" in command.env else "0"]
+        args += [str(len(dirs)), *dirs, str(1 + len(files))]
+        for name, data in {"cmd.json": meta, **files}.items():
+            args += [name, data.decode("utf-8", "surrogateescape")]
+        args += [str(len(env)), *env, *command.argv]
+        words = await self.session.call("launch", args)
+        if words == ["nodir"]:
+            raise self.files.fs_error("create run directory", run_dir)
+        if words == ["nocwd"]:
+            raise self._no_cwd(command)
+        if words == ["used"]:
+            raise ProviderError(
+                f"run directory {run_dir} was already used by a launch",
+                hint="give every attempt its own run key, e.g. task-12-attempt-3",
+            )
+        if words == ["nofile"]:
+            raise self.files.fs_error("write the run files in", run_dir)
+        if len(words) != 2 or words[0] != "ok" or not words[1].isdigit():
+            raise ProviderError(
+                f"cannot start {command.argv[0]!r} in {run_dir} on host {self.name}: "
+                f"unexpected answer {' '.join(words)[:200]!r}",
+                hint="check that /bin/sh and setsid work on the host",
+            )
+        pid = int(words[1])
+        return SshRun(self, run_dir, pid, pid)
+
+    def _no_cwd(self, command: Command) -> ProviderError:
+        return ProviderError(
+            f"working directory {command.cwd} of {command.argv[0]!r} does not exist "
+            f"on host {self.name}",
+            hint="prepare the workspace before launching the agent",
         )
+
+    async def _launch_exec(
+        self, command: Command, run_dir: str, meta: bytes, files: Mapping[str, bytes]
+    ) -> RunHandle:
+        """The launch for tmux mode, hosts without setsid and files with NUL bytes: the
+        files over SFTP, then one exec channel (see the module docstring)."""
+        env_text = env_script(command.env)
+        keep_pwd = "PWD" in command.env
+        handles = await self.files.write_launch_files(run_dir, meta, files, env_text)
         if command.tmux is not None:
             program = tmux.start_argv(
                 "/bin/sh", command.tmux, run_dir, command.cwd, keep_pwd, command.argv
@@ -296,11 +351,7 @@ class SshProvider:
         text = out.decode(errors="replace").strip()
         if text == "nocwd":
             await self.files.remove(f"{run_dir}/env.sh")
-            raise ProviderError(
-                f"working directory {command.cwd} of {command.argv[0]!r} does not exist "
-                f"on host {self.name}",
-                hint="prepare the workspace before launching the agent",
-            )
+            raise self._no_cwd(command)
         parts = text.split()
         if code != 0 or len(parts) != 2 or not all(p.isdigit() for p in parts):
             raise ProviderError(
@@ -325,6 +376,12 @@ class SshProvider:
             )
         async with self.link.files() as sftp:
             if not await sftp.isdir(run_dir):
+                if pid is None and pgid is None:  # (the launch creates the directory)
+                    raise ProviderError(
+                        f"no run was started in {run_dir} on host {self.name} "
+                        "(no run directory)",
+                        hint="the attempt never launched; it can be retried",
+                    )
                 raise ProviderError(
                     f"run directory {run_dir} no longer exists on host {self.name}",
                     hint="the run's files were removed; mark the run as lost",
@@ -423,38 +480,25 @@ class SshProvider:
 
     async def aclose(self) -> None:
         """Close the connection. Runs on the host are detached and keep running."""
-        self._alive_batch.cancel()
+        self._probes.cancel()
+        await self.session.aclose()
         await self.link.aclose()
 
-    async def _alive(self, pgid: int) -> bool:
-        """Fast path (Linux hosts): the group's leader, usually the wrapper, read from
-        /proc over SFTP, with no process started on the host. Otherwise, or when the
-        leader is gone or a zombie, the batched ``kill -0`` of :data:`ALIVE_SCRIPT`."""
-        if self._has_proc:
-            try:
-                raw = await self.files.read_at(f"/proc/{pgid}/stat", 0, 1024)
-            except HostUnreachable:
-                raise
-            except ProviderError:
-                raw = None  # e.g. hidepid: ask kill -0 instead
-            if raw is not None:
-                fields = raw[raw.rfind(b")") + 2 :].split()
-                if len(fields) > 2 and fields[0] not in (b"Z", b"X") and fields[2] == b"%d" % pgid:
-                    return True
-        return await self._alive_batch.ask(pgid)
+    async def probe(self, run_dir: str, pgid: int) -> Probe:
+        """What the host session sees of a run now; the probes of all runs asked at the
+        same moment share one request."""
+        return await self._probes.ask((run_dir, pgid))
 
-    async def _alive_groups(self, pgids: list[int]) -> set[int]:
-        line = remote_command(["/bin/sh", "-c", ALIVE_SCRIPT, "bosun-alive", *map(str, pgids)])
-        code, out, err = await self.link.run(line)
-        if code != 0:
+    async def _probe_runs(self, runs: list[tuple[str, int]]) -> dict[tuple[str, int], Probe]:
+        words = await self.session.call("probe", [w for d, g in runs for w in (d, str(g))])
+        if len(words) != len(runs):
             raise ProviderError(
-                f"cannot check processes on host {self.name} (exit {code}): "
-                f"{err.decode(errors='replace').strip()[-300:]}",
-                hint="check that /bin/sh and kill work on the host",
+                f"host {self.name}: the session answered {len(words)} probes for {len(runs)}",
+                hint="report this as a bug",
             )
-        return {int(w) for w in out.split() if w.isdigit()}
+        return {run: Probe.parse(word) for run, word in zip(runs, words, strict=True)}
 
-    async def _signal(self, sig: str, pgid: int) -> bool:
-        line = remote_command(["/bin/sh", "-c", SIGNAL_SCRIPT, "bosun-kill", sig, str(pgid)])
-        _code, out, _err = await self.link.run(line)
-        return out.strip() == b"sent"
+    async def signal(self, sig: str, pgid: int) -> bool:
+        """Send ``sig`` (TERM, KILL) to a process group on the host; False if it is gone."""
+        words = await self.session.call("signal", [sig, str(pgid)])
+        return words == ["sent"]

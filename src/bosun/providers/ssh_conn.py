@@ -1,9 +1,10 @@
 """One SSH connection per host: connect, keep alive, reconnect, channels, SFTP, forwards.
 
 :class:`SshLink` owns the single asyncssh connection of one host. Every command of the
-host is a channel on it (at most ``max_channels - 1`` exec channels at a time, plus one
-long-lived SFTP channel for file reads and writes: keep ``max_channels`` under sshd's
-``MaxSessions``, 10 by default). Keepalives (``keepalive_interval`` x
+host is a channel on it (at most ``max_channels - 2`` exec channels at a time, plus two
+long-lived ones: SFTP for files and the host session of
+:mod:`bosun.providers.ssh_session`; keep ``max_channels`` under sshd's ``MaxSessions``,
+10 by default). Keepalives (``keepalive_interval`` x
 ``keepalive_count_max``) detect a dead link; asyncssh then closes the connection, every
 channel on it ends without an exit status, and the pending operations raise
 :class:`~bosun.errors.HostUnreachable`, never an exit code. The next use reconnects;
@@ -167,7 +168,8 @@ class SshLink:
         self._sftp_conn: asyncssh.SSHClientConnection | None = None
         self._connect_lock = asyncio.Lock()
         self._sftp_lock = asyncio.Lock()
-        self._channels = asyncio.Semaphore(max(1, cfg.max_channels - 1))
+        # two channels stay open: SFTP and the host session
+        self._channels = asyncio.Semaphore(max(1, cfg.max_channels - 2))
         self._failures = 0
         self._retry_at = 0.0
         self._last_error: ProviderError | None = None
@@ -401,6 +403,12 @@ class SshLink:
             # The channel closed without an exit status: the connection died under it.
             raise self._lost_error()
         return status, bytes(out or b""), bytes(err or b"")
+
+    async def start_process(self, command: str) -> asyncssh.SSHClientProcess[bytes]:
+        """A long-lived channel running ``command`` (the host session), outside the
+        exec channels' limit: the caller writes its stdin and reads its output."""
+        conn = await self.connection()
+        return await self._open_channel(conn, command)
 
     async def _open_channel(
         self, conn: asyncssh.SSHClientConnection, command: str

@@ -32,23 +32,22 @@ class HostFiles:
         self.name = name
 
     async def makedirs(self, path: str) -> None:
-        """``mkdir -p`` over SFTP (one round trip when the directory exists)."""
+        """``mkdir -p`` over SFTP: one round trip for a new directory whose parent exists,
+        two for one that exists."""
         await self._makedirs(path, depth=0)
 
     async def _makedirs(self, path: str, depth: int) -> None:
         async with self.link.files() as sftp:
             try:
-                if await sftp.isdir(path):
-                    return
                 await sftp.mkdir(path)
                 return
             except asyncssh.SFTPNoSuchFile:
                 pass  # the parent is missing
-            except asyncssh.SFTPFailure:
-                if await sftp.isdir(path):  # made meanwhile by someone else
-                    return
-                raise self.fs_error("create directory", path) from None
+            except _LINK_LOST:
+                raise
             except asyncssh.SFTPError as exc:
+                if await sftp.isdir(path):  # it exists (usually), or was made meanwhile
+                    return
                 raise self.fs_error("create directory", path, exc) from exc
         parent = posixpath.dirname(path.rstrip("/"))
         if depth > 64 or parent in ("", "/", ".", path):

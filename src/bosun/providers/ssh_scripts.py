@@ -14,19 +14,21 @@ import shlex
 from collections.abc import Mapping, Sequence
 
 from bosun.errors import ProviderError
+from bosun.providers.local import WRAPPER_SCRIPT
 
 __all__ = [
-    "ALIVE_SCRIPT",
     "ENV_NAME",
     "EXEC_SCRIPT",
     "LAUNCH_SCRIPT",
     "NO_DIR",
     "NO_PROGRAM",
     "PREPARE_SCRIPT",
-    "SIGNAL_SCRIPT",
+    "SESSION_SCRIPT",
+    "env_pairs",
     "env_script",
     "quote",
     "remote_command",
+    "session_request",
 ]
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -60,40 +62,6 @@ else
 fi
 """
 
-#: Positional arguments: process group ids. Prints those with a live (non-zombie) member.
-ALIVE_SCRIPT = r"""set -f
-scan() {
-  live=" "
-  set +f
-  for f in /proc/[0-9]*/stat; do
-    set -f
-    read -r l 2>/dev/null <"$f" || continue
-    set -- ${l##*") "}
-    case $1 in Z|X) ;; *) live="$live$3 " ;; esac
-  done
-  set -f
-}
-leader() {
-  read -r l 2>/dev/null <"/proc/$1/stat" || return 1
-  set -- "$1" ${l##*") "}
-  case $2 in Z|X) return 1 ;; esac
-  [ "$4" = "$1" ]
-}
-live=
-for g in "$@"; do
-  kill -0 -"$g" 2>/dev/null || continue
-  if [ ! -r /proc/self/stat ]; then echo "$g"; continue; fi
-  if leader "$g"; then echo "$g"; continue; fi
-  [ -n "$live" ] || scan
-  case $live in *" $g "*) echo "$g" ;; esac
-done
-"""
-
-#: Positional arguments: signal name, process group id. Prints "sent" if it existed.
-SIGNAL_SCRIPT = r"""kill -"$1" -"$2" 2>/dev/null && echo sent
-exit 0
-"""
-
 #: Positional arguments: cwd ("" for $HOME), n, n x NAME=VALUE, argv.
 EXEC_SCRIPT = r"""c=$1; n=$2; shift 2
 while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done
@@ -116,6 +84,110 @@ printf '%s\n%s' "$HOME" "$PATH"
 """
 
 
+#: The host session (:mod:`bosun.providers.ssh_session`): sent once on the stdin of
+#: ``env -i /bin/sh -s PATH`` on a channel that stays open, then followed by requests
+#: (:func:`session_request`), each a brace group calling one of these functions; the
+#: shell parses a whole group before running it, so a request cut off by a lost link
+#: never runs. Every answer is one line: the request id, then words.
+#:
+#: The shell's environment is empty (``env -i``) and its variables are not exported, so
+#: a run gets exactly the variables its launch exports, with no ``env`` or loader
+#: process. Only builtins run in the shell itself, except the launch's forks: a subshell
+#: that exports the run's variables and becomes ``setsid /bin/sh -c WRAPPER`` (the
+#: wrapper of :mod:`bosun.providers.local`), and a pipe whose last writer is that
+#: subshell's fd 3, which the wrapper closes once it runs as the leader of its own
+#: session: the launch answers only then, so a liveness check or a cancel right after it
+#: cannot miss the run.
+SESSION_SCRIPT = (
+    r"""PATH=$1; umask 077; set -f
+bosun_wrapper="""
+    + shlex.quote(WRAPPER_SCRIPT)
+    + r"""
+proc=; [ -r /proc/self/stat ] && proc=1
+bosun_launch() {
+  i=$1; d=$2; cwd=$3; kp=$4; nd=$5; shift 5
+  if [ "$nd" -gt 0 ]; then
+    c=; k=1; while [ "$k" -le "$nd" ]; do c="$c \"\${$k}\""; k=$((k + 1)); done
+    eval "mkdir -p -- $c" || { echo "$i nodir"; return 0; }
+    shift "$nd"
+  fi
+  nf=$1; shift
+  if [ ! -d "$d" ]; then echo "$i nodir"; return 0; fi
+  if [ ! -d "$cwd" ]; then echo "$i nocwd"; return 0; fi
+  set -C
+  if ! printf '%s' "$2" 2>/dev/null >"$d/$1"; then set +C; echo "$i used"; return 0; fi
+  set +C; shift 2; nf=$((nf - 1))
+  while [ "$nf" -gt 0 ]; do
+    if ! printf '%s' "$2" 2>/dev/null >"$d/$1"; then echo "$i nofile"; return 0; fi
+    shift 2; nf=$((nf - 1))
+  done
+  { ( ne=$1; shift
+      while [ "$ne" -gt 0 ]; do export "$1"; shift; ne=$((ne - 1)); done
+      exec setsid /bin/sh -c "$bosun_wrapper" bosun-run "$d" "$cwd" "$kp" "$@"
+    ) 3>&1 </dev/null >>"$d/stdout" 2>>"$d/stderr" &
+    echo "$!"
+  } | { read -r p; while read -r x; do :; done; echo "$i ok $p"; }
+}
+bosun_scan() {
+  live=" "
+  set +f
+  for f in /proc/[0-9]*/stat; do
+    set -f
+    read -r l 2>/dev/null <"$f" || continue
+    set -- ${l##*") "}
+    case $1 in Z|X) ;; *) live="$live$3 " ;; esac
+  done
+  set -f
+}
+bosun_leader() {
+  read -r l 2>/dev/null <"/proc/$1/stat" || return 1
+  set -- "$1" ${l##*") "}
+  case $2 in Z|X) return 1 ;; esac
+  [ "$4" = "$1" ]
+}
+bosun_alive() {
+  kill -0 -"$1" 2>/dev/null || return 1
+  [ -n "$proc" ] || return 0
+  bosun_leader "$1" && return 0
+  [ -n "$live" ] || bosun_scan
+  case $live in *" $1 "*) return 0 ;; esac
+  return 1
+}
+bosun_probe() {
+  r=$1; shift; live=
+  while [ "$#" -ge 2 ]; do
+    e=; read -r e 2>/dev/null <"$1/exit"
+    case $e in "") e=- ;; *[!0-9]*) e=bad ;; esac
+    o=0; [ -s "$1/stdout" ] && o=1
+    x=0; [ -s "$1/stderr" ] && x=1
+    a=-
+    if [ "$e" = - ]; then if bosun_alive "$2"; then a=1; else a=0; fi; fi
+    r="$r $e:$o$x$a"; shift 2
+  done
+  echo "$r"
+}
+bosun_signal() {
+  if kill -"$2" -"$3" 2>/dev/null; then echo "$1 sent"; else echo "$1 gone"; fi
+}
+if command -v setsid >/dev/null 2>&1; then echo "0 ready setsid"; else echo "0 ready nosetsid"; fi
+"""
+)
+
+
+def session_request(function: str, request_id: int, args: Sequence[str]) -> bytes:
+    """One request to the host session: ``{ bosun_FUNCTION ID 'arg'...; }`` with every
+    argument made by :func:`quote`. Arguments are text; bytes that are not UTF-8 travel
+    as they are (``surrogateescape``). NUL cannot cross a shell: ``ProviderError``."""
+    words = [f"bosun_{function}", str(request_id)]
+    for arg in args:
+        if "\0" in arg:
+            raise ProviderError(
+                "a value sent to the host contains a NUL byte", hint="remove it from the value"
+            )
+        words.append(quote(arg))
+    return ("{ " + " ".join(words) + "\n}\n").encode("utf-8", "surrogateescape")
+
+
 def quote(word: str) -> str:
     """The one place where bosun quotes a word for a remote shell (``shlex.quote``)."""
     return shlex.quote(word)
@@ -135,15 +207,20 @@ def remote_command(argv: Sequence[str]) -> str:
     return "exec " + " ".join(quote(a) for a in argv)
 
 
-def env_script(env: Mapping[str, str]) -> bytes:
-    """``export NAME='value'`` lines for the run's ``env.sh`` (sourced by the launch
-    script's loader), each value made by :func:`quote`."""
-    lines = []
+def env_pairs(env: Mapping[str, str]) -> list[str]:
+    """``NAME=value`` words for a run's environment (``export "$1"`` in the session),
+    every name and value checked."""
     for name, value in env.items():
         if not ENV_NAME.fullmatch(name) or "\0" in value:
             raise ProviderError(
                 f"invalid environment variable {name!r} for a remote run",
                 hint="names use letters, digits and '_' (not first a digit); no NUL in values",
             )
-        lines.append(f"export {name}={quote(value)}\n")
-    return "".join(lines).encode()
+    return [f"{name}={value}" for name, value in env.items()]
+
+
+def env_script(env: Mapping[str, str]) -> bytes:
+    """``export NAME='value'`` lines for the run's ``env.sh`` (sourced by the launch
+    script's loader), each value made by :func:`quote`."""
+    env_pairs(env)  # the checks
+    return "".join(f"export {name}={quote(value)}\n" for name, value in env.items()).encode()

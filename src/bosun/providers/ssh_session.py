@@ -1,0 +1,185 @@
+"""The host session: one long-lived ``/bin/sh`` per SSH host that launches runs and
+answers for all of them, so that neither costs a channel, a login or a process.
+
+An exec channel per command costs a channel open, a process forked by sshd, the user's
+login shell and the command (a few milliseconds each on a warm connection, and as many
+processes on the host), and an SFTP request per file is a round trip. The session is
+started once per connection: ``env -i /bin/sh -s PATH`` reading
+:data:`~bosun.providers.ssh_scripts.SESSION_SCRIPT` and then bosun's requests from its
+stdin (each a brace group made by :func:`~bosun.providers.ssh_scripts.session_request`,
+every argument quoted by the one quoting function). Its answers are lines on stdout:
+the request id, then words. Requests are served one at a time, in order.
+
+- ``launch``: writes the run's files with ``printf`` (a builtin: no process, and the
+  environment's values never appear on a command line), exports the run's variables in a
+  subshell that becomes ``setsid /bin/sh -c WRAPPER`` and answers once the wrapper runs
+  in its own session.
+- ``probe``: for any number of runs, the exit code, whether ``stdout``/``stderr`` hold
+  anything and whether the process group lives, with builtins only (files and /proc).
+
+The session holds no state that matters: runs are detached and their files are the
+record, so a session that dies (its shell killed, the link lost) fails the requests in
+flight (``HostUnreachable`` when the link is gone, else ``ProviderError``) and the next
+request starts a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Sequence
+
+import asyncssh
+
+from bosun.errors import HostUnreachable, ProviderError
+from bosun.providers.ssh_conn import SshLink
+from bosun.providers.ssh_scripts import SESSION_SCRIPT, remote_command, session_request
+
+__all__ = ["HostSession"]
+
+log = logging.getLogger(__name__)
+
+#: How long the session may take to start and say it is ready.
+START_TIMEOUT = 30.0
+_STDERR_KEEP = 2000
+
+
+class HostSession:
+    """The session shell of one host (see the module docstring)."""
+
+    def __init__(self, link: SshLink, name: str) -> None:
+        self.link = link
+        self.name = name
+        self.path = ""  # the host's PATH for the session's own commands (setsid)
+        self.has_setsid = False
+        self.starts = 0  # sessions started so far
+        self._proc: asyncssh.SSHClientProcess[bytes] | None = None
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._stderr: asyncio.Task[None] | None = None
+        self._waiting: dict[int, asyncio.Future[list[str]]] = {}
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+        self._err_tail = b""
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._conn is not None and not self._conn.is_closed()
+
+    async def call(self, function: str, args: Sequence[str]) -> list[str]:
+        """Send one request and return the words of its answer (after the id)."""
+        request_id = next(self._ids)
+        data = session_request(function, request_id, args)
+        proc = await self._ensure()
+        fut: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = fut
+        try:
+            proc.stdin.write(data)
+            if len(data) > 65536:
+                await proc.stdin.drain()
+            return await fut
+        except (asyncssh.Error, OSError, BrokenPipeError) as exc:
+            raise self._ended(exc) from exc
+        finally:
+            self._waiting.pop(request_id, None)
+
+    async def start(self) -> None:
+        """Start the session now if it is not running (what it learnt of the host, such
+        as ``has_setsid``, is known afterwards)."""
+        await self._ensure()
+
+    async def _ensure(self) -> asyncssh.SSHClientProcess[bytes]:
+        conn = await self.link.connection()
+        if self._proc is not None and self._conn is conn and not conn.is_closed():
+            return self._proc
+        async with self._lock:
+            conn = await self.link.connection()
+            if self._proc is not None and self._conn is conn and not conn.is_closed():
+                return self._proc
+            await self._stop()
+            proc = await self.link.start_process(
+                remote_command(["env", "-i", "/bin/sh", "-s", self.path or "/usr/bin:/bin"])
+            )
+            self._err_tail = b""
+            try:
+                proc.stdin.write(SESSION_SCRIPT.encode())
+                ready = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
+            except (TimeoutError, asyncssh.Error, OSError) as exc:
+                proc.close()
+                raise self._ended(exc if not isinstance(exc, TimeoutError) else None) from exc
+            words = ready.decode(errors="replace").split()
+            if words[:2] != ["0", "ready"]:
+                proc.close()
+                raise ProviderError(
+                    f"host {self.name}: the bosun session shell did not start "
+                    f"(said {ready[:200]!r})",
+                    hint="check that /bin/sh and env work for the remote user",
+                )
+            self.has_setsid = words[2:] == ["setsid"]
+            self._proc, self._conn = proc, conn
+            self.starts += 1
+            self._reader = asyncio.create_task(self._read(proc), name=f"bosun-session-{self.name}")
+            self._stderr = asyncio.create_task(
+                self._drain(proc), name=f"bosun-session-err-{self.name}"
+            )
+            return proc
+
+    async def _read(self, proc: asyncssh.SSHClientProcess[bytes]) -> None:
+        error: BaseException | None = None
+        try:
+            while True:
+                line = await proc.stdout.readline()
+                if not line:
+                    break
+                words = line.decode(errors="replace").split()
+                if not words or not words[0].isdigit():
+                    log.warning("host %s: unexpected session output %r", self.name, line[:200])
+                    continue
+                fut = self._waiting.get(int(words[0]))
+                if fut is not None and not fut.done():
+                    fut.set_result(words[1:])
+        except (asyncssh.Error, OSError) as exc:
+            error = exc
+        if self._proc is proc:
+            self._proc = None
+        ended = self._ended(error)
+        for fut in list(self._waiting.values()):
+            if not fut.done():
+                fut.set_exception(ended)
+
+    async def _drain(self, proc: asyncssh.SSHClientProcess[bytes]) -> None:
+        with contextlib.suppress(asyncssh.Error, OSError):
+            while True:
+                chunk = await proc.stderr.read(4096)
+                if not chunk:
+                    return
+                self._err_tail = (self._err_tail + chunk)[-_STDERR_KEEP:]
+
+    def _ended(self, exc: BaseException | None) -> HostUnreachable | ProviderError:
+        if not self.link.connected:
+            return self.link.unreachable("the SSH connection was lost")
+        said = self._err_tail.decode(errors="replace").strip()[-300:]
+        reason = f": {exc}" if exc is not None else ""
+        return ProviderError(
+            f"host {self.name}: the bosun session shell ended{reason}"
+            + (f" ({said})" if said else ""),
+            hint="bosun starts a new one on its next request; if this repeats, check the host",
+        )
+
+    async def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        for task in (self._reader, self._stderr):
+            if task is not None:
+                task.cancel()
+        self._reader = self._stderr = None
+        if proc is not None:
+            proc.close()
+        ended = self._ended(None)
+        for fut in list(self._waiting.values()):
+            if not fut.done():
+                fut.set_exception(ended)
+
+    async def aclose(self) -> None:
+        await self._stop()
