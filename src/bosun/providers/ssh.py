@@ -378,8 +378,7 @@ class SshProvider:
             if not await sftp.isdir(run_dir):
                 if pid is None and pgid is None:  # (the launch creates the directory)
                     raise ProviderError(
-                        f"no run was started in {run_dir} on host {self.name} "
-                        "(no run directory)",
+                        f"no run was started in {run_dir} on host {self.name} (no run directory)",
                         hint="the attempt never launched; it can be retried",
                     )
                 raise ProviderError(
