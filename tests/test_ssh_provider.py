@@ -440,3 +440,20 @@ async def test_tmux_mode_runs_the_same_protocol_on_the_host(
     await stubborn.cancel(grace=2)
     assert not await stubborn.alive()
     assert [a for _p, g, a in host.processes() if g == stubborn.ref["pgid"]] == []
+
+
+async def test_aes_gcm_first_unless_the_ssh_config_names_ciphers(
+    sshd: SshdFleet, host: SshHost, tmp_path: Path
+) -> None:
+    plain = make_provider(sshd, host, tmp_path / "state")
+    config = tmp_path / "ssh_config"
+    config.write_text("Host *\n  Ciphers chacha20-poly1305@openssh.com\n")
+    chosen = make_provider(sshd, host, tmp_path / "state", ssh_config=str(config))
+    try:
+        conn = await plain.link.connection()
+        assert conn.get_extra_info("send_cipher") == "aes128-gcm@openssh.com"
+        conn = await chosen.link.connection()
+        assert conn.get_extra_info("send_cipher") == "chacha20-poly1305@openssh.com"
+    finally:
+        await plain.aclose()
+        await chosen.aclose()
