@@ -148,6 +148,8 @@ class Attempt:
                 # a remote host's own PATH, not bosun's: its CLIs are installed there
                 environ={**self.ctx.environ, **self.provider.host_env()},
             )
+            if wt.repo is None:
+                command = replace(command, make_cwd=True)
         except BosunError as exc:
             await self._fail_before_launch(ErrorKind.LAUNCH, exc)
             return
@@ -240,6 +242,7 @@ class Attempt:
         if not previous:
             return
         source = f"{previous[-1].ref['run_dir']}/home"
+        await self.provider.makedirs(run_dir)  # (a launch creates it, but this comes first)
         result = await self.provider.exec(["cp", "-a", "--", source, f"{run_dir}/home"])
         if not result.ok:
             await self.ctx.store.append_event(
@@ -335,6 +338,7 @@ class Attempt:
             repo,
             base_branch=await self._base_for_prepare(),
             source_dir=str(self.ctx.settings.config_dir),
+            create_scratch=False,  # a scratch directory is made by the launch (make_cwd)
         )
         if wt.branch and wt.branch != task.branch:
             self.task = await self.ctx.store.update_task(
