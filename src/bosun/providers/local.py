@@ -3,8 +3,9 @@
 A run is started *detached*: ``/bin/sh`` runs the constant :data:`WRAPPER_SCRIPT` as
 the leader of a new session and process group, and the agent's argv reaches it only as
 positional arguments (``"$@"``), never inside a shell string. The wrapper sends stdout and
-stderr to files in the run directory and writes the exit code there atomically
-(``exit.tmp`` then ``mv``), so the result survives the death of bosun itself.
+stderr to files in the run directory and writes the exit code there with one ``write``
+to a file it creates exclusively (the first record wins; a reader takes a code only with
+its newline), so the result survives the death of bosun itself.
 ``LocalProvider.attach`` rebuilds a handle from the stored ``ref`` after a restart.
 
 Run directory layout::
@@ -51,13 +52,14 @@ from bosun.providers.base import Command, ExecResult, OutputChunk, RunHandle, St
 # dash sets PWD at start-up and OLDPWD on cd; both are undone so the agent's environment
 # is exactly the one asked for. ``(exec "$@")`` runs the program in a subshell so that a
 # builtin-looking argv[0] such as ``exec`` or ``exit`` cannot end the wrapper early, and
-# so that the program gets default signal dispositions. ``command -p`` finds ``mv`` even
-# when the agent's PATH does not contain it. fd 3 is closed first: an SSH launch passes
-# the wrapper the write end of a pipe that tells it the run has its own session.
+# so that the program gets default signal dispositions. The exit code is written with
+# builtins only (``set -C``: an exclusive create, so a code a cancel recorded first
+# stays). fd 3 is closed first: an SSH launch passes the wrapper the write end of a pipe
+# that tells it the run has its own session.
 WRAPPER_SCRIPT = r"""exec 3>&-
 d=$1; cwd=$2; keep_pwd=$3; shift 3
 trap : HUP INT TERM
-finish() { echo "$1" >"$d/exit.tmp" && command -p mv -f "$d/exit.tmp" "$d/exit"; exit "$1"; }
+finish() { set -C; echo "$1" 2>/dev/null >"$d/exit"; exit "$1"; }
 exec >>"$d/stdout" 2>>"$d/stderr"
 if [ -f "$d/stdin" ]; then exec <"$d/stdin"; else exec </dev/null; fi
 echo "$$" >"$d/pid"
@@ -200,8 +202,11 @@ def _read_exit(run_dir: str) -> int | None:
     return parse_exit(run_dir, raw)
 
 
-def parse_exit(run_dir: str, raw: bytes) -> int:
-    """The code in the bytes of a run's ``exit`` file."""
+def parse_exit(run_dir: str, raw: bytes) -> int | None:
+    """The code in the bytes of a run's ``exit`` file; None while it is being written
+    (a code counts with its newline)."""
+    if not raw.endswith(b"\n"):
+        return None
     text = raw.decode("ascii", errors="replace").strip()
     try:
         return int(text)

@@ -156,7 +156,7 @@ bosun_alive() {
 bosun_probe() {
   r=$1; shift; live=
   while [ "$#" -ge 2 ]; do
-    e=; read -r e 2>/dev/null <"$1/exit"
+    e=; read -r e 2>/dev/null <"$1/exit" || e=
     case $e in "") e=- ;; *[!0-9]*) e=bad ;; esac
     o=0; [ -s "$1/stdout" ] && o=1
     x=0; [ -s "$1/stderr" ] && x=1
