@@ -457,3 +457,34 @@ async def test_aes_gcm_first_unless_the_ssh_config_names_ciphers(
     finally:
         await plain.aclose()
         await chosen.aclose()
+
+
+def session_shells(host: SshHost) -> list[int]:
+    """Pids of the host's bosun session shells (``/bin/sh -s PATH``)."""
+    return [p for p, _g, a in host.processes() if a[:2] == ["/bin/sh", "-s"]]
+
+
+async def test_a_killed_session_shell_is_replaced_and_runs_go_on(
+    provider: SshProvider, host: SshHost
+) -> None:
+    """The session holds nothing that matters: kill its shell on the host while a run is
+    followed, and the next probe starts a new one; the run itself never noticed."""
+    work = host_dir(host, "work")
+    os.mkfifo(work / "fifo")
+    os.chown(work / "fifo", host.uid, -1)
+    run = await start(provider, "survivor", ["sh", "-c", "read x < fifo; echo done"], work)
+    assert await run.alive()
+    (first,) = session_shells(host)
+    os.kill(first, signal.SIGKILL)
+    for _ in range(200):
+        if first not in session_shells(host):
+            break
+        await asyncio.sleep(0.01)
+    assert await run.exit_code() is None  # answered by a new session (a probe retries)
+    assert await run.alive()
+    assert provider.session.starts == 2
+    (second,) = session_shells(host)
+    assert second != first
+    await asyncio.to_thread((work / "fifo").write_text, "go\n")  # let the run end
+    assert await wait_exit(run) == 0
+    assert (await drain(run))["stdout"] == ["done"]

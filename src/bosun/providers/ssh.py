@@ -489,7 +489,9 @@ class SshProvider:
         return await self._probes.ask((run_dir, pgid))
 
     async def _probe_runs(self, runs: list[tuple[str, int]]) -> dict[tuple[str, int], Probe]:
-        words = await self.session.call("probe", [w for d, g in runs for w in (d, str(g))])
+        words = await self.session.call(
+            "probe", [w for d, g in runs for w in (d, str(g))], retry=True
+        )
         if len(words) != len(runs):
             raise ProviderError(
                 f"host {self.name}: the session answered {len(words)} probes for {len(runs)}",
@@ -499,5 +501,5 @@ class SshProvider:
 
     async def signal(self, sig: str, pgid: int) -> bool:
         """Send ``sig`` (TERM, KILL) to a process group on the host; False if it is gone."""
-        words = await self.session.call("signal", [sig, str(pgid)])
+        words = await self.session.call("signal", [sig, str(pgid)], retry=True)
         return words == ["sent"]

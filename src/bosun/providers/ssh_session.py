@@ -68,8 +68,20 @@ class HostSession:
     def running(self) -> bool:
         return self._proc is not None and self._conn is not None and not self._conn.is_closed()
 
-    async def call(self, function: str, args: Sequence[str]) -> list[str]:
-        """Send one request and return the words of its answer (after the id)."""
+    async def call(self, function: str, args: Sequence[str], *, retry: bool = False) -> list[str]:
+        """Send one request and return the words of its answer (after the id).
+
+        ``retry``: when the session ends under the request while the link is up (its
+        shell was killed), send it once more on a new session; only for requests that
+        may run twice (a probe, a signal), never for a launch."""
+        try:
+            return await self._call(function, args)
+        except ProviderError:
+            if not retry or not self.link.connected:
+                raise
+            return await self._call(function, args)
+
+    async def _call(self, function: str, args: Sequence[str]) -> list[str]:
         request_id = next(self._ids)
         data = session_request(function, request_id, args)
         proc = await self._ensure()
