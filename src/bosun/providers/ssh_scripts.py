@@ -105,13 +105,7 @@ bosun_wrapper="""
     + r"""
 proc=; [ -r /proc/self/stat ] && proc=1
 bosun_launch() {
-  i=$1; d=$2; cwd=$3; kp=$4; nd=$5; shift 5
-  if [ "$nd" -gt 0 ]; then
-    c=; k=1; while [ "$k" -le "$nd" ]; do c="$c \"\${$k}\""; k=$((k + 1)); done
-    eval "mkdir -p -- $c" || { echo "$i nodir"; return 0; }
-    shift "$nd"
-  fi
-  nf=$1; shift
+  i=$1; d=$2; cwd=$3; kp=$4; nf=$5; shift 5
   if [ ! -d "$d" ]; then echo "$i nodir"; return 0; fi
   if [ ! -d "$cwd" ]; then echo "$i nocwd"; return 0; fi
   set -C
