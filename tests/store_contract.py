@@ -33,7 +33,7 @@ from bosun.models import (
     TaskSpec,
     TaskStatus,
 )
-from bosun.store.base import RUN_FIELDS, TASK_FIELDS, Store, TaskFilter
+from bosun.store.base import RUN_FIELDS, TASK_FIELDS, RunUpdate, Store, TaskFilter
 
 S = TaskStatus
 LEASE = 60.0
@@ -940,3 +940,170 @@ class StoreContract:
         assert (await store.get_run(run.id)).status is RunStatus.RUNNING
         default = await store.add_run(task.id, attempt=1, host="h", agent="a", ref={})
         assert default.status is RunStatus.STARTING
+
+    # -- an attempt's start and end: one write each -------------------------------------
+    async def test_add_run_writes_its_events_in_the_same_write(self, store: Store) -> None:
+        task = await add(store)
+        cursor = await last_event_id(store)
+        run = await store.add_run(
+            task.id,
+            attempt=1,
+            host="h",
+            agent="a",
+            ref={"pgid": 7},
+            status=RunStatus.RUNNING,
+            events=lambda r: [
+                NewEvent("run.started", {"run_id": r.id, "host": "h"}, task_id=task.id, run_id=r.id)
+            ],
+        )
+        assert await store.list_runs(task.id) == [run]
+        assert run.status is RunStatus.RUNNING
+        started = await store.events_since(cursor)
+        assert [(e.kind, e.task_id, e.run_id, e.data) for e in started] == [
+            ("run.started", task.id, run.id, {"run_id": run.id, "host": "h"})
+        ]
+
+    async def test_add_run_whose_events_are_refused_writes_nothing(self, store: Store) -> None:
+        task = await add(store)
+        cursor = await last_event_id(store)
+        with pytest.raises(InputError):
+            await store.add_run(
+                task.id,
+                attempt=1,
+                host="h",
+                agent="a",
+                ref={},
+                events=lambda r: [NewEvent("run.started", {"bad": {1, 2}}, run_id=r.id)],
+            )
+        with pytest.raises(NotFound, match="task 999"):
+            await store.add_run(
+                task.id,
+                attempt=1,
+                host="h",
+                agent="a",
+                ref={},
+                events=lambda r: [NewEvent("note", task_id=999, run_id=r.id)],
+            )
+        with pytest.raises(NotFound, match="task 999"):
+            await store.add_run(
+                999, attempt=1, host="h", agent="a", ref={}, events=lambda r: [NewEvent("note")]
+            )
+        assert await store.list_runs(task.id) == []
+        assert await store.events_since(cursor) == []
+
+    async def test_transition_ends_a_run_and_appends_its_events_first(self, store: Store) -> None:
+        task = await add(store)
+        dependent = await add(store, "dependent", depends_on=(task.id,))
+        await store.claim(task.id, owner="a", host="h", lease_seconds=LEASE, now=utcnow())
+        run = await store.add_run(
+            task.id, attempt=1, host="h", agent="a", ref={"pgid": 7}, status=RunStatus.RUNNING
+        )
+        cursor = await last_event_id(store)
+        ended = utcnow()
+        end = RunUpdate(
+            run.id,
+            {"status": RunStatus.SUCCEEDED, "exit_code": 0, "tokens_in": 12, "ended_at": ended},
+        )
+        finished = NewEvent("run.finished", {"exit_code": 0}, task_id=task.id, run_id=run.id)
+        note = NewEvent("agent.note", {"text": "done"}, task_id=task.id)
+        done = await store.transition(
+            task.id,
+            S.COMPLETED,
+            owner="a",
+            reason="run succeeded",
+            events=[finished, note],
+            run=end,
+            result_summary="all done",
+        )
+        assert (done.status, done.result_summary, done.lease_owner) == (
+            S.COMPLETED,
+            "all done",
+            None,
+        )
+        assert done == await store.get_task(task.id)
+        stored = await store.get_run(run.id)
+        assert (stored.status, stored.exit_code, stored.tokens_in, stored.ended_at) == (
+            RunStatus.SUCCEEDED,
+            0,
+            12,
+            ended,
+        )
+        assert stored.ref == {"pgid": 7}  # only the fields given change
+        written = await store.events_since(cursor)
+        assert [(e.kind, e.task_id, e.run_id) for e in written] == [
+            ("run.finished", task.id, run.id),
+            ("agent.note", task.id, None),
+            ("task.status", task.id, None),
+            ("task.status", dependent.id, None),  # its dependent queued, in the same write
+        ]
+        assert written[2].data == {"from": "running", "to": "completed", "reason": "run succeeded"}
+        assert (await store.get_task(dependent.id)).status is S.QUEUED
+
+    async def test_a_refused_end_of_run_writes_nothing(self, store: Store) -> None:
+        task = await add(store)
+        other = await add(store, "other")
+        await store.claim(task.id, owner="a", host="h", lease_seconds=LEASE, now=utcnow())
+        run = await store.add_run(task.id, attempt=1, host="h", agent="a", ref={})
+        other_run = await store.add_run(other.id, attempt=1, host="h", agent="a", ref={})
+        before = (await store.get_task(task.id), await store.get_run(run.id))
+        before_other = await store.get_run(other_run.id)
+        cursor = await last_event_id(store)
+        end = RunUpdate(run.id, {"status": RunStatus.FAILED, "exit_code": 1})
+        finished = [NewEvent("run.finished", {"exit_code": 1}, task_id=task.id, run_id=run.id)]
+        with pytest.raises(LeaseLost):  # cancelled or taken over meanwhile
+            await store.transition(task.id, S.QUEUED, owner="b", events=finished, run=end)
+        with pytest.raises(InvalidTransition):
+            await store.transition(task.id, S.BLOCKED, owner="a", events=finished, run=end)
+        with pytest.raises(NotFound):  # not a run of this task
+            await store.transition(
+                task.id, S.QUEUED, owner="a", events=finished, run=RunUpdate(other_run.id, {})
+            )
+        with pytest.raises(NotFound, match="run 999"):
+            await store.transition(
+                task.id, S.QUEUED, owner="a", events=[NewEvent("note", run_id=999)], run=end
+            )
+        with pytest.raises(InputError, match="stdout_offset"):
+            await store.transition(
+                task.id,
+                S.QUEUED,
+                owner="a",
+                events=finished,
+                run=RunUpdate(run.id, {"stdout_offset": 3}),
+            )
+        with pytest.raises(InputError):
+            await store.transition(
+                task.id,
+                S.QUEUED,
+                owner="a",
+                events=[NewEvent("run.finished", {"x": float("nan")}, task_id=task.id)],
+                run=end,
+            )
+        assert (await store.get_task(task.id), await store.get_run(run.id)) == before
+        assert await store.get_run(other_run.id) == before_other
+        assert await store.events_since(cursor) == []
+        # and the same end, by the lease holder, goes through
+        queued = await store.transition(task.id, S.QUEUED, owner="a", events=finished, run=end)
+        assert queued.status is S.QUEUED
+        assert (await store.get_run(run.id)).status is RunStatus.FAILED
+        assert [e.kind for e in await store.events_since(cursor)] == ["run.finished", "task.status"]
+
+    async def test_running_filters_by_mode_and_lease_owner(self, store: Store) -> None:
+        now = utcnow()
+        mine, theirs = await add(store, "mine"), await add(store, "theirs")
+        await store.claim(mine.id, owner="me", host="h", lease_seconds=LEASE, now=now)
+        await store.claim(theirs.id, owner="them", host="h", lease_seconds=LEASE, now=now)
+        unleased = await task_in(store, S.RUNNING)
+        pulled = await task_in(store, S.RUNNING, execution_mode=ExecutionMode.HTTP_PULL)
+        await store.update_task(pulled.id, lease_owner="pull:w1:x")
+        await task_in(store, S.QUEUED)
+
+        async def ids(**flt: Any) -> list[int]:
+            return [t.id for t in await store.running(**flt)]
+
+        assert await ids() == [mine.id, theirs.id, unleased.id, pulled.id]
+        dispatch = ExecutionMode.DISPATCH
+        assert await ids(mode=dispatch) == [mine.id, theirs.id, unleased.id]
+        assert await ids(mode=ExecutionMode.HTTP_PULL) == [pulled.id]
+        assert await ids(not_owned_by="me") == [theirs.id, unleased.id, pulled.id]
+        assert await ids(mode=dispatch, not_owned_by="me") == [theirs.id, unleased.id]
+        assert await ids(mode=dispatch, not_owned_by="nobody") == [mine.id, theirs.id, unleased.id]

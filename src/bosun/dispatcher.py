@@ -147,11 +147,12 @@ class Dispatcher:
         now = self.ctx.clock()
         if isinstance(self.store, PullStore):
             await self.store.expire_pull_leases(now)
-        for task in await self.store.running():
-            if task.lease_owner == self.owner or task.id in self._active:
+        # Pull agents' tasks are not asked for (expire_pull_leases takes them back), nor
+        # this dispatcher's own: usually nothing comes back.
+        others = await self.store.running(mode=ExecutionMode.DISPATCH, not_owned_by=self.owner)
+        for task in others:
+            if task.id in self._active:
                 continue
-            if task.execution_mode is ExecutionMode.HTTP_PULL:
-                continue  # a pull agent runs it; expire_pull_leases takes it back
             dead = owner_is_dead(task.lease_owner)
             taken = await self.store.take_over(
                 task.id,

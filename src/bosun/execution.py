@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -30,7 +30,7 @@ from bosun.prompt import build_prompt
 from bosun.providers.base import OutputChunk, Provider, RunHandle, TmuxSession
 from bosun.providers.tmux import session_for_run
 from bosun.review import publish_for_run, reviewed
-from bosun.store.base import Store
+from bosun.store.base import RunUpdate, Store
 from bosun.workspace import RepoSpec, Workspace, Worktree
 
 #: Polling of a run's output starts fast (short agents finish in milliseconds) and backs
@@ -74,11 +74,14 @@ class Context:
         return found
 
     async def mark_unhealthy(self, host: str, agent: str, reason: str, task_id: int) -> None:
+        await self.store.append_event(self.unhealthy_event(host, agent, reason, task_id))
+
+    def unhealthy_event(self, host: str, agent: str, reason: str, task_id: int) -> NewEvent:
+        """Take ``agent`` off ``host`` (in memory, at once) and return the event that says
+        so, for the caller to write."""
         self.unhealthy.setdefault(host, {})[agent] = reason
-        await self.store.append_event(
-            NewEvent(
-                "agent.unhealthy", {"host": host, "agent": agent, "reason": reason}, task_id=task_id
-            )
+        return NewEvent(
+            "agent.unhealthy", {"host": host, "agent": agent, "reason": reason}, task_id=task_id
         )
 
 
@@ -129,17 +132,19 @@ class Attempt:
             return
         if not await self._preflight():
             return
-        try:
-            wt = await self._prepare()
-        except BosunError as exc:
-            if not await self._host_failed(exc):
-                await self._fail_before_launch(ErrorKind.WORKSPACE, exc)
+        key = run_key(task.id, task.attempt)
+        prepared, made = await self._prepare_with_run_dir(key)
+        if isinstance(prepared, BosunError):
+            if not await self._host_failed(prepared):
+                await self._fail_before_launch(ErrorKind.WORKSPACE, prepared)
             return
+        wt = prepared
         resume_session = task.session_id if self._resuming_session() else None
         prompt = await self._prompt(wt)
-        key = run_key(task.id, task.attempt)
         try:
-            run_dir = await self.provider.run_dir(key)
+            if isinstance(made, BosunError):
+                raise made
+            run_dir = made if made is not None else await self.provider.run_dir(key)
             command = self.spec.build(
                 prompt=prompt,
                 workdir=wt.path,
@@ -163,6 +168,16 @@ class Attempt:
             return
         # Recorded after the launch, off the path to the agent's start. A crash in between
         # loses nothing: the run key names the run directory, where ``adopt`` finds it.
+        started = {
+            "host": self.host,
+            "agent": task.agent,
+            "attempt": task.attempt,
+            "argv0": command.argv[0],
+            "workdir": wt.path,
+            "branch": wt.branch,
+            "base_sha": wt.base_sha,
+            "resumed_session": resume_session,
+        }
         run = await store.add_run(
             task.id,
             attempt=task.attempt,
@@ -170,26 +185,35 @@ class Attempt:
             agent=task.agent,
             ref={**_wt_ref(wt), **handle.ref, **_tmux_ref(command.tmux)},
             status=RunStatus.RUNNING,
-        )
-        await store.append_event(
-            NewEvent(
-                "run.started",
-                {
-                    "run_id": run.id,
-                    "host": self.host,
-                    "agent": task.agent,
-                    "attempt": task.attempt,
-                    "argv0": command.argv[0],
-                    "workdir": wt.path,
-                    "branch": wt.branch,
-                    "base_sha": wt.base_sha,
-                    "resumed_session": resume_session,
-                },
-                task_id=task.id,
-                run_id=run.id,
-            )
+            # its event in the same transaction: it names the new run
+            events=lambda run: [
+                NewEvent(
+                    "run.started",
+                    {"run_id": run.id, **started},
+                    task_id=task.id,
+                    run_id=run.id,
+                )
+            ],
         )
         await self._follow_and_finish(run, handle, wt)
+
+    async def _prepare_with_run_dir(
+        self, key: str
+    ) -> tuple[Worktree | BosunError, str | BosunError | None]:
+        """The worktree and the run directory (each, or the ``BosunError`` that made it
+        fail). They are independent, so on a host whose workspace is ready they are made
+        at once; on a host not used yet the worktree comes first, alone (it connects to
+        the host, or waits for it), and the run directory is left to the caller (None), so
+        that a host that does not answer is told apart from a failed launch as before."""
+        if self.host not in self.ctx.workspaces:
+            try:
+                return await self._prepare(), None
+            except BosunError as exc:
+                return exc, None
+        prepared, made = await asyncio.gather(
+            self._prepare(), self.provider.run_dir(key), return_exceptions=True
+        )
+        return _failed(prepared), _failed(made)
 
     async def _wake(self) -> bool:
         """A host with a ``wake_command`` (bosun.toml only) may be asleep: ``ensure_ready``
@@ -268,8 +292,9 @@ class Attempt:
         except BosunError:
             return False
         wt = await self._prepare()  # the worktree exists: this finds it again
+        task_id = self.task.id
         run = await self.ctx.store.add_run(
-            self.task.id,
+            task_id,
             attempt=self.task.attempt,
             host=self.host,
             agent=self.task.agent,
@@ -279,14 +304,14 @@ class Attempt:
                 **_tmux_ref(session_for_run(run_dir) if self.spec.tmux else None),
             },
             status=RunStatus.RUNNING,
-        )
-        await self.ctx.store.append_event(
-            NewEvent(
-                "run.reattached",
-                {"run_id": run.id, "host": self.host, "recorded_late": True},
-                task_id=self.task.id,
-                run_id=run.id,
-            )
+            events=lambda run: [
+                NewEvent(
+                    "run.reattached",
+                    {"run_id": run.id, "host": self.host, "recorded_late": True},
+                    task_id=task_id,
+                    run_id=run.id,
+                )
+            ],
         )
         await self._follow_and_finish(run, handle, wt)
         return True
@@ -518,27 +543,27 @@ class Attempt:
             if outcome.error_kind is ErrorKind.LOST
             else RunStatus.FAILED
         )
-        await ctx.store.update_run(
+        end = RunUpdate(
             run.id,
-            status=status,
-            exit_code=code,
-            error_kind=outcome.error_kind,
-            error=outcome.error,
-            session_id=outcome.session_id,
-            tokens_in=outcome.tokens_in,
-            tokens_out=outcome.tokens_out,
-            cost_usd=outcome.cost_usd or 0.0,
-            ended_at=ctx.clock(),
+            {
+                "status": status,
+                "exit_code": code,
+                "error_kind": outcome.error_kind,
+                "error": outcome.error,
+                "session_id": outcome.session_id,
+                "tokens_in": outcome.tokens_in,
+                "tokens_out": outcome.tokens_out,
+                "cost_usd": outcome.cost_usd or 0.0,
+                "ended_at": ctx.clock(),
+            },
         )
-        await ctx.store.append_event(
-            NewEvent(
-                "run.finished",
-                {"run_id": run.id, "exit_code": code, "commits": commits, **outcome.to_json()},
-                task_id=task.id,
-                run_id=run.id,
-            )
+        finished = NewEvent(
+            "run.finished",
+            {"run_id": run.id, "exit_code": code, "commits": commits, **outcome.to_json()},
+            task_id=task.id,
+            run_id=run.id,
         )
-        await self._settle(outcome, commits, wt)
+        await self._settle(outcome, commits, wt, run=end, events=[finished])
 
     async def _settle(
         self,
@@ -546,16 +571,22 @@ class Attempt:
         commits: list[str],
         wt: Worktree,
         override: Mapping[str, Any] | None = None,
+        *,
+        run: RunUpdate | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> None:
         """``override``: task fields that win over the lifecycle's (a host failure retries
-        at once, and before a launch does not use up an attempt)."""
+        at once, and before a launch does not use up an attempt). ``run`` (the run's end)
+        and ``events`` are written with the task's transition, in one transaction; when a
+        pull request is published first, or the lease was lost, on their own."""
         ctx, task = self.ctx, self.task
         lim = ctx.settings.limits
+        pending = list(events)
         if outcome.error_kind is ErrorKind.AUTH:
             # Name where it failed: a login is per agent and per host.
             message = f"agent {task.agent} on host {self.host}: {outcome.error}"
             outcome = replace(outcome, error=message)
-            await ctx.mark_unhealthy(self.host, task.agent, message, task.id)
+            pending.append(ctx.unhealthy_event(self.host, task.agent, message, task.id))
         # a forge reviews the branch: a success waits for its pull request (bosun.review)
         review = outcome.success and reviewed(ctx.settings, task) and bool(commits)
         decision, fields = lifecycle.settlement(
@@ -569,16 +600,27 @@ class Attempt:
         )
         fields.update(override or {})
         if decision.status is TaskStatus.REVIEW_PENDING:
+            # The run's end is recorded before the forge is asked (its events come first).
+            await self._record(run, pending)
+            run, pending = None, []
             decision, pr_fields = await publish_for_run(
                 ctx.settings, ctx.store, task, decision, fields, environ=ctx.environ
             )
             fields.update(pr_fields)
         try:
             await ctx.store.transition(
-                task.id, decision.status, owner=ctx.owner, reason=decision.reason, **fields
+                task.id,
+                decision.status,
+                owner=ctx.owner,
+                reason=decision.reason,
+                events=pending,
+                run=run,
+                **fields,
             )
         except LeaseLost:
-            # Cancelled (or taken over) while we finished: record what the run produced.
+            # Cancelled (or taken over) while we finished, and nothing of that transaction
+            # was written: record the run's end and what the run produced.
+            await self._record(run, pending)
             try:
                 await ctx.store.update_task(
                     task.id, **{k: v for k, v in fields.items() if k != "not_before"}
@@ -596,6 +638,14 @@ class Attempt:
                         task_id=task.id,
                     )
                 )
+
+    async def _record(self, run: RunUpdate | None, events: Sequence[NewEvent]) -> None:
+        """The run's end and its events, each on its own (when they cannot go with the
+        task's transition)."""
+        if run is not None:
+            await self.ctx.store.update_run(run.run_id, **run.fields)
+        for event in events:
+            await self.ctx.store.append_event(event)
 
     def _push(self) -> bool:
         return self.task.repo is not None and self.ctx.settings.repos[self.task.repo].push
@@ -616,18 +666,17 @@ class Attempt:
         if run_dir is not None:
             await self._record_abandoned({"run_dir": run_dir}, reason, 0.0, bump=True)
             return True
-        await self.ctx.store.append_event(
-            NewEvent(
-                "run.error",
-                {"error_kind": ErrorKind.LOST.value, "error": reason, "host": self.host},
-                task_id=self.task.id,
-            )
+        error = NewEvent(
+            "run.error",
+            {"error_kind": ErrorKind.LOST.value, "error": reason, "host": self.host},
+            task_id=self.task.id,
         )
         await self._settle(
             Outcome(success=False, error_kind=ErrorKind.LOST, error=reason),
             [],
             Worktree(path="", branch=None, base_sha=None, repo=None),
             {"not_before": None, "max_attempts": self.task.max_attempts + 1},
+            events=[error],
         )
         return True
 
@@ -653,28 +702,27 @@ class Attempt:
         """The host stayed unreachable past the limit: give the run up, retry the task at
         once (the scheduler prefers another host), and mark the run ``abandoned`` so that
         the host's reconciliation kills it if it still runs when the host is back."""
-        ctx = self.ctx
-        await ctx.store.update_run(
+        end = RunUpdate(
             run.id,
-            status=RunStatus.LOST,
-            error_kind=ErrorKind.LOST,
-            error=reason,
-            ended_at=ctx.clock(),
-            ref={**run.ref, "abandoned": True},
+            {
+                "status": RunStatus.LOST,
+                "error_kind": ErrorKind.LOST,
+                "error": reason,
+                "ended_at": self.ctx.clock(),
+                "ref": {**run.ref, "abandoned": True},
+            },
         )
-        await ctx.store.append_event(
-            NewEvent(
-                "run.abandoned",
-                {
-                    "run_id": run.id,
-                    "host": self.host,
-                    "reason": reason,
-                    "unreachable_for": round(unreachable_for, 3),
-                    "limit": self.watch.limit,
-                },
-                task_id=self.task.id,
-                run_id=run.id,
-            )
+        abandoned = NewEvent(
+            "run.abandoned",
+            {
+                "run_id": run.id,
+                "host": self.host,
+                "reason": reason,
+                "unreachable_for": round(unreachable_for, 3),
+                "limit": self.watch.limit,
+            },
+            task_id=self.task.id,
+            run_id=run.id,
         )
         override: dict[str, Any] = {"not_before": None}
         if bump:
@@ -684,6 +732,8 @@ class Attempt:
             [],
             Worktree(path="", branch=None, base_sha=None, repo=None),
             override,
+            run=end,
+            events=[abandoned],
         )
 
     async def _fail_before_launch(self, kind: ErrorKind, exc: BosunError) -> None:
@@ -694,14 +744,12 @@ class Attempt:
             error_kind=kind,
             error=exc.message + (f" ({exc.hint})" if exc.hint else ""),
         )
-        await self.ctx.store.append_event(
-            NewEvent(
-                "run.error",
-                {"error_kind": kind.value, "error": outcome.error},
-                task_id=self.task.id,
-            )
+        error = NewEvent(
+            "run.error", {"error_kind": kind.value, "error": outcome.error}, task_id=self.task.id
         )
-        await self._settle(outcome, [], Worktree(path="", branch=None, base_sha=None, repo=None))
+        await self._settle(
+            outcome, [], Worktree(path="", branch=None, base_sha=None, repo=None), events=[error]
+        )
 
 
 async def task_prompt(store: Store, task: Task, settings: Settings, *, branch: str | None) -> str:
@@ -770,6 +818,14 @@ def make_workspace(provider: Provider, settings: Settings) -> Workspace:
 def run_key(task_id: int, attempt: int) -> str:
     """The run directory's name: one per attempt, known before anything is recorded."""
     return f"task-{task_id}-attempt-{attempt}"
+
+
+def _failed(outcome: T | BaseException) -> T | BosunError:
+    """One result of ``gather(..., return_exceptions=True)``: a value, or the
+    ``BosunError`` that failed it; anything else (a bug, a cancellation) is raised."""
+    if isinstance(outcome, BosunError) or not isinstance(outcome, BaseException):
+        return outcome
+    raise outcome
 
 
 def _kill_message(kind: ErrorKind, spec: AgentSpec, ctx: Context) -> str:

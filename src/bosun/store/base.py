@@ -10,18 +10,31 @@ Rules every implementation keeps:
   collides (``bosun.scopes.collides``) with a running task is never claimed;
 - event ids are the cursor: strictly increasing in commit order, never reused;
 - ``append_output`` writes events and the run's read offsets in one transaction, so a
-  crash never loses or repeats an output line.
+  crash never loses or repeats an output line;
+- an attempt's start is one transaction (``add_run`` with ``events``: the run and its
+  ``run.started``) and so is its end (``transition`` with ``run`` and ``events``: the
+  run's final fields, ``run.finished`` and the status change), all or nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from bosun.hosts.records import HostRecord
-from bosun.models import Event, NewEvent, Outcome, Run, RunStatus, Task, TaskSpec, TaskStatus
+from bosun.models import (
+    Event,
+    ExecutionMode,
+    NewEvent,
+    Outcome,
+    Run,
+    RunStatus,
+    Task,
+    TaskSpec,
+    TaskStatus,
+)
 
 #: ``claim_batch``'s planner: (offered runnable tasks, running tasks) -> (task id, host) picks.
 Chooser = Callable[[Sequence[Task], Sequence[Task]], Sequence[tuple[int, str]]]
@@ -71,6 +84,19 @@ RUN_FIELDS = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
+class RunUpdate:
+    """The end of a run, written with its task's ``transition`` (``run=``): run ``run_id``
+    of that task gets ``fields`` (names from ``RUN_FIELDS``, as ``update_run`` takes)."""
+
+    run_id: int
+    fields: Mapping[str, Any]
+
+
+#: ``add_run``'s ``events``: the new run -> the events to append with it.
+RunEvents = Callable[[Run], Sequence[NewEvent]]
+
+
+@dataclass(frozen=True, slots=True)
 class TaskFilter:
     statuses: frozenset[TaskStatus] | None = None
     repo: str | None = None
@@ -108,13 +134,22 @@ class Store(Protocol):
         *,
         owner: str | None = None,
         reason: str | None = None,
+        events: Sequence[NewEvent] = (),
+        run: RunUpdate | None = None,
         **fields: Any,
     ) -> Task:
         """Move a task to ``target`` (checked by the lifecycle), set ``fields`` (names from
         ``TASK_FIELDS``), append a ``task.status`` event ``{from, to, reason}``. With
         ``owner`` the caller must hold the lease (else ``LeaseLost``). Leaving ``running``
         clears the lease. Reaching ``completed`` moves dependents whose dependencies are
-        all completed from ``blocked`` to ``queued`` in the same transaction."""
+        all completed from ``blocked`` to ``queued`` in the same transaction.
+
+        The end of an attempt is one transaction: ``run`` sets the final fields of one of
+        the task's runs (``NotFound`` if it is not one of them) and ``events`` (e.g.
+        ``run.finished``; their tasks and runs must exist) are appended before the
+        ``task.status`` event. All or nothing: when the transition is refused
+        (``LeaseLost``, ``InvalidTransition``, ``NotFound``, ``InputError``) neither the
+        run nor any event is written."""
         ...
 
     async def update_task(self, task_id: int, *, owner: str | None = None, **fields: Any) -> Task:
@@ -170,8 +205,12 @@ class Store(Protocol):
         stay as they are; ``None`` if it is not running or the lease is still live."""
         ...
 
-    async def running(self) -> list[Task]:
-        """Every task in ``running`` (for load, scope locks and recovery)."""
+    async def running(
+        self, *, mode: ExecutionMode | None = None, not_owned_by: str | None = None
+    ) -> list[Task]:
+        """The tasks in ``running``, by id (for load, scope locks and recovery): every one,
+        or only those of execution mode ``mode`` and/or whose lease ``not_owned_by`` does
+        not hold (no lease counts as not held)."""
         ...
 
     async def due_paused(self, now: datetime) -> list[Task]:
@@ -188,8 +227,11 @@ class Store(Protocol):
         agent: str,
         ref: dict[str, Any],
         status: RunStatus = RunStatus.STARTING,
+        events: RunEvents | None = None,
     ) -> Run:
-        """A new run of an existing task, offsets 0 (``NotFound`` for an unknown task)."""
+        """A new run of an existing task, offsets 0 (``NotFound`` for an unknown task).
+        ``events(run)``: events to append in the same transaction (``run.started``, which
+        names the new run); nothing is written if one of them is refused."""
         ...
 
     async def get_run(self, run_id: int) -> Run: ...
@@ -495,7 +537,9 @@ __all__ = [
     "HostRecord",
     "HostStore",
     "PullStore",
+    "RunEvents",
     "RunStatus",
+    "RunUpdate",
     "Store",
     "TaskFilter",
     "TokenStore",

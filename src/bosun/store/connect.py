@@ -12,6 +12,9 @@ SQLite is set up for several bosun processes on one file:
   so a write transaction holds the write lock from its first statement and concurrent
   claimers serialise instead of failing on a lock upgrade; plain ``BEGIN`` for reads of
   several statements, and none for a single SELECT (``SINGLE_READ_OPTION``).
+- SQLAlchemy reaches aiosqlite through ``bosun.store.sqlite_driver``: one trip to the
+  driver's thread per statement (the stock adapter makes three or four), none for a
+  COMMIT or ROLLBACK with no transaction open.
 
 PostgreSQL (``postgresql://``, ``postgres://`` or ``postgresql+asyncpg://`` URLs, all run
 through asyncpg) needs none of that: its transactions are READ COMMITTED, and what SQLite's
@@ -36,6 +39,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bosun.errors import StoreError
+from bosun.store import sqlite_driver
 from bosun.store.dialects import (
     CONNECT_TIMEOUT,
     NUMERIC_CONNECT_ARGS,
@@ -178,6 +182,7 @@ def sqlite_engine(url: URL) -> AsyncEngine:
     """An async engine on a SQLite file with bosun's pragmas and BEGIN handling."""
     engine = create_async_engine(
         url,
+        module=sqlite_driver.dbapi(),  # one trip to aiosqlite's thread per statement
         json_serializer=functools.partial(json.dumps, allow_nan=False),
     )
     event.listen(engine.sync_engine, "connect", _on_connect)

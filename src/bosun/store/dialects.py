@@ -18,9 +18,11 @@
 
 Lock order, which keeps PostgreSQL free of deadlocks between bosun's own transactions:
 advisory locks for claims or dependencies first, then task rows, the event-log lock last.
-After taking the event-log lock a transaction waits for no other transaction: it inserts
-its events as its last statement (``NOTIFY`` and COMMIT follow), or it has locked every
-row it goes on to change before (``claim_batch``, whose candidates are locked up front).
+A dispatched run's row comes before its task's (``append_output`` updates the run, then
+touches the task; the end of a run, ``transition(run=...)``, does the same); the pull
+protocol's transactions lock a pull task before its run, rows no dispatch transaction
+touches. After taking the event-log lock a transaction waits for no other transaction: it
+inserts its events as its last statement (``NOTIFY`` and COMMIT follow).
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ class DialectOps(Protocol):
         ...
 
     def json_array_has(self, column: sa.ColumnElement[Any], value: Any) -> ColumnElement[bool]:
-        """``value`` (a string or an integer) is an element of the JSON array ``column``."""
+        """``value`` (a string or an integer, or a typed bound parameter of one: a statement
+        built once) is an element of the JSON array ``column``."""
         ...
 
     async def notify(self, conn: AsyncConnection, *, work: bool) -> None:
@@ -241,6 +244,8 @@ class PostgresOps:
 
     def json_array_has(self, column: sa.ColumnElement[Any], value: Any) -> ColumnElement[bool]:
         # The columns are ``json`` (shared DDL with SQLite); ``jsonb`` has containment.
+        if isinstance(value, sa.ColumnElement):  # a bound parameter: an array of it
+            return sa.cast(column, JSONB).contains(sa.func.jsonb_build_array(value))
         return sa.cast(column, JSONB).contains([value])
 
     async def notify(self, conn: AsyncConnection, *, work: bool) -> None:

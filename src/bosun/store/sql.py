@@ -6,11 +6,19 @@ as ``claim`` cannot interleave with another writer in this or any other process.
 through ``_read`` (a plain deferred transaction: a consistent snapshot that never blocks).
 
 On PostgreSQL writers run concurrently, so a write transaction locks what it reads in
-order to change it: task rows with ``FOR NO KEY UPDATE`` (``_load_task(lock=True)``;
-nothing on SQLite), claims and dependency bookkeeping with advisory locks, and the event
-log with an advisory lock taken right before the events are inserted, at the end of the
-transaction (the lock order that keeps bosun's transactions free of deadlocks is in
-``bosun.store.dialects``).
+order to change it: task rows with ``FOR NO KEY UPDATE`` (``_lock_task``, ``_load_task(
+lock=True)``; nothing on SQLite), claims and dependency bookkeeping with advisory locks,
+and the event log with an advisory lock taken right before the events are inserted, at the
+end of the transaction (the lock order that keeps bosun's transactions free of deadlocks
+is in ``bosun.store.dialects``).
+
+The dispatch path is a few writes per attempt, each as small as it can be: the claim
+(``claim_batch``: every claimed task and one insert of their events), the run and its
+``run.started`` (``add_run(events=...)``), output (``append_output``), and the end: the
+run's final fields, ``run.finished`` and the task's transition in one
+(``transition(run=..., events=...)``). Writes read only what they decide on (a task's
+status and lease owner, not its row) and let foreign keys check that the tasks and runs
+they name exist; statements are built once and filled by parameters.
 
 The few things that differ between SQLite and PostgreSQL live in ``bosun.store.dialects``;
 everything here is portable Core.
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable, Select
 
 from bosun import lifecycle, scopes
-from bosun.errors import InputError, LeaseLost
+from bosun.errors import InputError, LeaseLost, NotFound, StoreError
 from bosun.models import (
     Event,
     ExecutionMode,
@@ -40,7 +49,7 @@ from bosun.models import (
     TaskSpec,
     TaskStatus,
 )
-from bosun.store.base import Chooser, TaskFilter
+from bosun.store.base import Chooser, RunEvents, RunUpdate, TaskFilter
 from bosun.store.rows import (
     aware,
     event_from_row,
@@ -111,7 +120,8 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
             values = new_task_values(spec, status, max_attempts, now)
             task = task_from_row((await tx.write(_INSERT_TASK, values)).mappings().one())
             data = {"title": task.title, "status": task.status.value}
-            await self._add_events(tx, [NewEvent("task.submitted", data, task_id=task.id)], now)
+            submitted = NewEvent("task.submitted", data, task_id=task.id)
+            await self._add_events(tx, [submitted], now, returning=False)
             if status is TaskStatus.QUEUED:
                 tx.new_work()
             return task
@@ -146,42 +156,56 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
         *,
         owner: str | None = None,
         reason: str | None = None,
+        events: Sequence[NewEvent] = (),
+        run: RunUpdate | None = None,
         **fields: Any,
     ) -> Task:
-        """Move a task to ``target`` through the lifecycle, with a ``task.status`` event."""
+        """Move a task to ``target`` through the lifecycle, with a ``task.status`` event;
+        with ``run`` and ``events``, the end of its run in the same transaction."""
         try:
             target = TaskStatus(target)
         except ValueError as exc:
             raise InputError(f"unknown task status {target!r}") from exc
         values = task_values(fields)
+        run_params = None if run is None else _run_update_params(task_id, run)
         now = _utcnow()
-        async with self._write() as tx:
-            if target is TaskStatus.COMPLETED:
-                await self._ops.lock_dependencies(tx.conn)  # before any row lock
-            task = await self._load_task(tx.conn, task_id, lock=True)
-            _check_owner(task, owner)
-            lifecycle.check(task.id, task.status, target)
-            values.update(status=target.value, updated_at=now)
-            if task.status is TaskStatus.RUNNING and target is not TaskStatus.RUNNING:
-                values.update(lease_owner=None, lease_expires_at=None)
-            updated = await self._set_task(tx, task_id, values)
-            data = {"from": task.status.value, "to": target.value, "reason": reason}
-            new = [NewEvent("task.status", data, task_id=task_id)]
-            if target is TaskStatus.COMPLETED:
-                new += await self._queue_dependents(tx, task_id, now)
-            await self._add_events(tx, new, now)  # last: see the module docstring
-            if target is not TaskStatus.RUNNING:
-                # queued / rework is new work; leaving running frees a slot and scope locks
-                tx.new_work()
-            return updated
+        try:
+            async with self._write() as tx:
+                if target is TaskStatus.COMPLETED:
+                    await self._ops.lock_dependencies(tx.conn)  # before any row lock
+                if run_params is not None:
+                    # the run's row before its task's, as append_output locks them
+                    await self._end_run(tx, run_params)
+                status, holder = await self._lock_task(tx.conn, task_id)
+                _check_owner(task_id, holder, owner)
+                lifecycle.check(task_id, status, target)
+                values.update(status=target.value, updated_at=now)
+                if status is TaskStatus.RUNNING and target is not TaskStatus.RUNNING:
+                    values.update(lease_owner=None, lease_expires_at=None)
+                updated = await self._set_task(tx, task_id, values)
+                data = {"from": status.value, "to": target.value, "reason": reason}
+                new = [*events, NewEvent("task.status", data, task_id=task_id)]
+                if target is TaskStatus.COMPLETED:
+                    new += await self._queue_dependents(tx, task_id, now)
+                # last: see the module docstring
+                await self._add_events(tx, new, now, returning=False)
+                if target is not TaskStatus.RUNNING:
+                    # queued / rework is new work; leaving running frees a slot and scope locks
+                    tx.new_work()
+                return updated
+        except StoreError as exc:
+            if not _foreign_key_failed(exc):
+                raise
+            named = [task_id, *(e.task_id for e in events)]
+            raise await self._missing(named, [e.run_id for e in events]) from None
 
     @_shielded
     async def update_task(self, task_id: int, *, owner: str | None = None, **fields: Any) -> Task:
         """Set ``fields`` (names from ``TASK_FIELDS``) without a status change."""
         values = task_values(fields)
         async with self._write() as tx:
-            task = await self._load_task(tx.conn, task_id, lock=True)
-            _check_owner(task, owner)
+            _status, holder = await self._lock_task(tx.conn, task_id)
+            _check_owner(task_id, holder, owner)
             return await self._set_task(tx, task_id, {**values, "updated_at": _utcnow()})
 
     def runnable_statement(self, now: datetime, limit: int) -> Select[Any]:
@@ -239,19 +263,27 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
             by_id = {t.id: t for t in offered}
             busy = list(running)
             claimed: list[Task] = []
+            new: list[NewEvent] = []
             for task_id, host in choose(offered, running):
                 task = by_id.pop(task_id, None)
                 if task is None or any(
                     scopes.collides(task.repo, task.scope, b.repo, b.scope) for b in busy
                 ):
                     continue
-                # Its event goes in now: the candidates are locked, so nothing after the
-                # event-log lock waits for another transaction.
-                taken = await self._take(
-                    tx, task, owner=owner, host=host, lease_seconds=lease_seconds, now=now
+                taken, event = await self._take_row(
+                    tx,
+                    task.id,
+                    task.status,
+                    task.attempt,
+                    owner=owner,
+                    host=host,
+                    lease_seconds=lease_seconds,
+                    now=now,
                 )
                 busy.append(taken)
                 claimed.append(taken)
+                new.append(event)
+            await self._add_events(tx, new, now, returning=False)  # every claim's, at once
             return claimed
 
     async def _take(
@@ -275,7 +307,7 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
             lease_seconds=lease_seconds,
             now=now,
         )
-        await self._add_events(tx, [event], now)
+        await self._add_events(tx, [event], now, returning=False)
         return claimed
 
     async def _take_row(
@@ -324,16 +356,16 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
         """Extend ``owner``'s lease; ``LeaseLost`` when someone else holds it."""
         now = _utcnow()
         async with self._write() as tx:
-            task = await self._load_task(tx.conn, task_id, lock=True)
-            if task.status is not TaskStatus.RUNNING:
+            status, holder = await self._lock_task(tx.conn, task_id)
+            if status is not TaskStatus.RUNNING:
                 raise LeaseLost(
-                    f"task {task_id} is {task.status.value}, so nobody holds its lease",
+                    f"task {task_id} is {status.value}, so nobody holds its lease",
                     "stop working on it; its run has already been settled",
                 )
-            _check_owner(task, owner)
+            _check_owner(task_id, holder, owner)
             expires = now + timedelta(seconds=lease_seconds)
-            touch = {"lease_expires_at": expires, "updated_at": now}
-            await tx.write(sa.update(tasks).where(tasks.c.id == task_id).values(**touch))
+            touch = {"_task_id": task_id, "lease_expires_at": expires, "updated_at": now}
+            await tx.write(_TOUCH_TASK, touch)
 
     @_shielded
     async def take_over(
@@ -367,9 +399,18 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
             await self._add_events(tx, [NewEvent("task.lease", data, task_id=task_id)], now)
             return taken
 
-    async def running(self) -> list[Task]:
-        """Every running task, by id."""
+    async def running(
+        self, *, mode: ExecutionMode | None = None, not_owned_by: str | None = None
+    ) -> list[Task]:
+        """Running tasks by id: all, or those of ``mode`` and/or not leased by
+        ``not_owned_by`` (the dispatcher's recovery asks for what it may have to adopt)."""
         stmt = sa.select(tasks).where(tasks.c.status == _RUNNING).order_by(tasks.c.id)
+        if mode is not None:
+            stmt = stmt.where(tasks.c.execution_mode == ExecutionMode(mode).value)
+        if not_owned_by is not None:
+            stmt = stmt.where(
+                sa.or_(tasks.c.lease_owner.is_(None), tasks.c.lease_owner != not_owned_by)
+            )
         async with self._read() as conn:
             return await _tasks(conn, stmt)
 
@@ -397,13 +438,26 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
         agent: str,
         ref: dict[str, Any],
         status: RunStatus = RunStatus.STARTING,
+        events: RunEvents | None = None,
     ) -> Run:
-        """A new run (offsets 0) of an existing task."""
-        values = new_run_values(task_id, attempt, host, agent, ref, _utcnow())
+        """A new run (offsets 0) of an existing task, with ``events(run)`` if given."""
+        now = _utcnow()
+        values = new_run_values(task_id, attempt, host, agent, ref, now)
         values["status"] = RunStatus(status).value
-        async with self._write() as tx:
-            await self._load_task(tx.conn, task_id)
-            return run_from_row((await tx.write(_INSERT_RUN, values)).mappings().one())
+        new: list[NewEvent] = []
+        try:
+            async with self._write() as tx:
+                # the task's foreign key says whether it exists (NotFound below)
+                run = run_from_row((await tx.write(_INSERT_RUN, values)).mappings().one())
+                if events is not None:
+                    new.extend(events(run))
+                    await self._add_events(tx, new, now, returning=False)
+                return run
+        except StoreError as exc:
+            if not _foreign_key_failed(exc):
+                raise
+            named = [task_id, *(e.task_id for e in new)]
+            raise await self._missing(named, [e.run_id for e in new]) from None
 
     async def get_run(self, run_id: int) -> Run:
         """The run, or ``NotFound``."""
@@ -464,16 +518,16 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
     # -- events --------------------------------------------------------------------------
     @_shielded
     async def append_event(self, event: NewEvent) -> Event:
-        """Append one event; its task and run, when given, must exist."""
-        async with self._write() as tx:
-            if event.task_id is not None:
-                await self._load_task(tx.conn, event.task_id)
-            if event.run_id is not None:
-                found = await tx.conn.scalar(sa.select(runs.c.id).where(runs.c.id == event.run_id))
-                if found is None:
-                    raise _not_found("run", event.run_id)
-            (stored,) = await self._add_events(tx, [event], _utcnow())
-            return stored
+        """Append one event; its task and run, when given, must exist (their foreign keys
+        say so: no read first)."""
+        try:
+            async with self._write() as tx:
+                (stored,) = await self._add_events(tx, [event], _utcnow())
+                return stored
+        except StoreError as exc:
+            if not _foreign_key_failed(exc):
+                raise
+            raise await self._missing([event.task_id], [event.run_id]) from None
 
     async def events_since(
         self, cursor: int = 0, *, task_id: int | None = None, limit: int = 1000
@@ -550,9 +604,47 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
             raise _not_found("task", task_id)
         return task_from_row(row)
 
+    async def _lock_task(
+        self, conn: AsyncConnection, task_id: int
+    ) -> tuple[TaskStatus, str | None]:
+        """Inside a write that will change the task: its status and lease owner (the row
+        locked on PostgreSQL), without reading and converting the whole row."""
+        row = (await conn.execute(_TASK_STATE_FOR_UPDATE, {"task_id": task_id})).first()
+        if row is None:
+            raise _not_found("task", task_id)
+        return TaskStatus(row.status), row.lease_owner
+
     async def _set_task(self, tx: _Tx, task_id: int, values: dict[str, Any]) -> Task:
         params = {**values, "_task_id": task_id}
         return task_from_row((await tx.write(_UPDATE_TASK, params)).mappings().one())
+
+    async def _end_run(self, tx: _Tx, params: dict[str, Any]) -> None:
+        """``transition(run=...)``: set the run's fields; ``NotFound`` unless it is a run
+        of the task."""
+        stmt = _END_RUN if len(params) > 2 else _RUN_OF_TASK
+        if (await tx.write(stmt, params)).first() is None:
+            raise NotFound(
+                f"run {params['_run_id']} does not exist or is not a run of task "
+                f"{params['_task_id']}",
+                "check the run id with `bosun show`",
+            )
+
+    async def _missing(
+        self, task_ids: Sequence[int | None], run_ids: Sequence[int | None]
+    ) -> NotFound:
+        """After a foreign key refused an insert: the first of these tasks and runs that
+        does not exist (they are never deleted, so it is still missing)."""
+        async with self._read(single=False) as conn:
+            for what, ids, stmt in (
+                ("task", task_ids, _TASK_EXISTS),
+                ("run", run_ids, _RUN_EXISTS),
+            ):
+                for ident in dict.fromkeys(i for i in ids if i is not None):
+                    if await conn.scalar(stmt, {"id": ident}) is None:
+                        return _not_found(what, ident)
+        return NotFound(
+            "a task or run named by this write does not exist", "check the ids with `bosun show`"
+        )
 
     async def _add_events(
         self, tx: _Tx, new: Sequence[NewEvent], now: datetime, *, returning: bool = True
@@ -570,6 +662,21 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
             return []
         stmt = _INSERT_EVENTS
         return [event_from_row(r) for r in (await tx.write(stmt, rows)).mappings()]
+
+    @functools.cached_property
+    def _blocked_on(self) -> Select[Any]:
+        """Blocked tasks that depend on ``:completed_id``, locked (built once per store:
+        building it cost as much as running it)."""
+        completed_id = sa.bindparam("completed_id", type_=sa.Integer)
+        return (
+            sa.select(tasks)
+            .where(
+                tasks.c.status == TaskStatus.BLOCKED.value,
+                self._ops.json_array_has(tasks.c.depends_on, completed_id),
+            )
+            .order_by(tasks.c.id)
+            .with_for_update(key_share=True)
+        )
 
     async def _collides_with_running(self, conn: AsyncConnection, task: Task) -> bool:
         if task.repo is None or not task.scope:
@@ -592,17 +699,8 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
         returns their events for the caller to append (after its own). The caller holds
         ``lock_dependencies``: two dependencies completing at once are then serialised,
         and the second one sees the first completed."""
-        blocked = (
-            sa.select(tasks)
-            .where(
-                tasks.c.status == TaskStatus.BLOCKED.value,
-                self._ops.json_array_has(tasks.c.depends_on, completed_id),
-            )
-            .order_by(tasks.c.id)
-            .with_for_update(key_share=True)
-        )
         new: list[NewEvent] = []
-        for task in await _tasks(tx.conn, blocked):
+        for task in await _tasks(tx.conn, self._blocked_on, {"completed_id": completed_id}):
             if completed_id not in task.depends_on:
                 continue
             pending = await tx.conn.scalar(
@@ -675,11 +773,26 @@ _INSERT_EVENTS_ONLY = sa.insert(events)
 _UPDATE_TASK = sa.update(tasks).where(tasks.c.id == sa.bindparam("_task_id")).returning(*tasks.c)
 _TOUCH_TASK = sa.update(tasks).where(tasks.c.id == sa.bindparam("_task_id"))
 _UPDATE_RUN = sa.update(runs).where(runs.c.id == sa.bindparam("_run_id")).returning(*runs.c)
+_END_RUN = (
+    sa.update(runs)
+    .where(runs.c.id == sa.bindparam("_run_id"), runs.c.task_id == sa.bindparam("_task_id"))
+    .returning(runs.c.id)
+)
+_RUN_OF_TASK = sa.select(runs.c.id).where(
+    runs.c.id == sa.bindparam("_run_id"), runs.c.task_id == sa.bindparam("_task_id")
+)
+_TASK_EXISTS = sa.select(tasks.c.id).where(tasks.c.id == sa.bindparam("id"))
+_RUN_EXISTS = sa.select(runs.c.id).where(runs.c.id == sa.bindparam("id"))
 _SET_OFFSETS = sa.update(runs).where(runs.c.id == sa.bindparam("_run_id")).returning(runs.c.task_id)
 _TASK_BY_ID = sa.select(tasks).where(tasks.c.id == sa.bindparam("task_id"))
 # FOR NO KEY UPDATE, not FOR UPDATE: it does not block the foreign-key checks (KEY SHARE)
 # of concurrent inserts of this task's runs and events. SQLite renders no clause.
 _TASK_BY_ID_FOR_UPDATE = _TASK_BY_ID.with_for_update(key_share=True)
+_TASK_STATE_FOR_UPDATE = (
+    sa.select(tasks.c.status, tasks.c.lease_owner)
+    .where(tasks.c.id == sa.bindparam("task_id"))
+    .with_for_update(key_share=True)
+)
 _RUNNING_TASKS = sa.select(tasks).where(tasks.c.status == _RUNNING)
 _EVENTS_SINCE = (
     sa.select(events)
@@ -713,10 +826,19 @@ def _claimable(task: Task, now: datetime) -> bool:
     )
 
 
-def _check_owner(task: Task, owner: str | None) -> None:
-    if owner is not None and task.lease_owner != owner:
-        holder = task.lease_owner or "nobody"
+def _check_owner(task_id: int, holder: str | None, owner: str | None) -> None:
+    if owner is not None and holder != owner:
         raise LeaseLost(
-            f"task {task.id}: lease is held by {holder}, not {owner}",
+            f"task {task_id}: lease is held by {holder or 'nobody'}, not {owner}",
             "another dispatcher took this task over; stop working on it",
         )
+
+
+def _run_update_params(task_id: int, run: RunUpdate) -> dict[str, Any]:
+    """``transition(run=...)``'s fields, checked, as parameters of ``_END_RUN``."""
+    return {**run_values(run.fields), "_run_id": run.run_id, "_task_id": task_id}
+
+
+def _foreign_key_failed(exc: StoreError) -> bool:
+    """Whether a write failed because a foreign key named a task or run that is missing."""
+    return isinstance(exc.__cause__, sa.exc.IntegrityError)

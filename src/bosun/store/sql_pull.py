@@ -274,7 +274,8 @@ class PullMethods(SqlBase):
             )
             held = await self._set_task(tx, task_id, touch)
             stamped = [NewEvent(e.kind, e.data, task_id=task_id, run_id=run.id) for e in fresh]
-            await self._add_events(tx, stamped, now)  # last: the lock order of bosun.store.sql
+            # last: the lock order of bosun.store.sql
+            await self._add_events(tx, stamped, now, returning=False)
             return held
 
     @shielded
@@ -369,7 +370,8 @@ class PullMethods(SqlBase):
             ]
             if decision.status is TaskStatus.COMPLETED:
                 new += await self._queue_dependents(tx, task_id, now)
-            await self._add_events(tx, new, now)  # last: the lock order of bosun.store.sql
+            # last: the lock order of bosun.store.sql
+            await self._add_events(tx, new, now, returning=False)
             tx.new_work()
             return updated
 
@@ -429,7 +431,8 @@ class PullMethods(SqlBase):
                     "run_id": run_id,
                 }
                 new.append(NewEvent("task.status", data, task_id=task.id))
-            await self._add_events(tx, new, now)  # last: the lock order of bosun.store.sql
+            # last: the lock order of bosun.store.sql
+            await self._add_events(tx, new, now, returning=False)
             if expired:
                 tx.new_work()
         return settled

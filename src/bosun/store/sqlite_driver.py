@@ -1,0 +1,176 @@
+"""SQLite's driver as SQLAlchemy sees it: aiosqlite, with one trip to its thread per statement.
+
+aiosqlite runs a ``sqlite3`` connection in a thread of its own; every call is a trip there
+and back (a queue put, a wake-up of the thread, a ``call_soon_threadsafe`` back to the
+event loop). SQLAlchemy's stock adapter makes four per statement that returns rows (open a
+cursor, execute, fetch, close) and three for one that does not, plus one for COMMIT and one
+for the ROLLBACK that resets every connection returned to the pool. That, not SQLite, was
+most of the cost of a store transaction (a one-statement write cost about 1 ms of CPU).
+
+``AiosqliteDBAPI`` hands SQLAlchemy the same aiosqlite connections with a cursor that does
+the whole statement (cursor, execute, fetch every row, close) in one trip, and a connection
+that knows whether ``sqlite3`` is inside a transaction (read on the driver's thread after
+each statement), so it skips the trips of a COMMIT or ROLLBACK that would do nothing: a
+one-statement write is three trips (BEGIN IMMEDIATE, the statement, COMMIT), a single read
+one. Results are fetched whole, as the stock adapter does for its default cursor.
+
+It relies on two internals of aiosqlite that SQLAlchemy's own adapter uses too
+(``Connection._execute`` queues a function for the thread; ``Connection._conn`` is the
+``sqlite3`` connection); without them, ``dbapi()`` returns the stock adapter.
+"""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import aiosqlite
+from sqlalchemy.connectors.asyncio import AsyncAdapt_dbapi_connection
+from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
+    AsyncAdapt_aiosqlite_dbapi,
+)
+from sqlalchemy.util import EMPTY_DICT
+from sqlalchemy.util.concurrency import await_
+
+#: (description, rows, rowcount, lastrowid, in_transaction) of one executed statement.
+_Outcome = tuple[Any, Sequence[Any], int, int | None, bool]
+
+
+def _run(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> _Outcome:
+    """On aiosqlite's thread: one statement from start to end."""
+    cursor = conn.cursor()
+    try:
+        if many:
+            cursor.executemany(operation, parameters)
+        elif parameters is None:
+            cursor.execute(operation)
+        else:
+            cursor.execute(operation, parameters)
+        description = cursor.description
+        rows = cursor.fetchall() if description else ()
+        return description, rows, cursor.rowcount, cursor.lastrowid, conn.in_transaction
+    finally:
+        cursor.close()
+
+
+class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
+    """A cursor whose statement, rows included, comes back in one trip to the thread."""
+
+    __slots__ = ("_arraysize", "_description", "_lastrowid", "_rowcount")
+    _awaitable_cursor_close = False
+
+    def __init__(self, adapt_connection: AsyncAdapt_dbapi_connection) -> None:
+        # no trip here: the sqlite3 cursor lives only within a statement's trip
+        self._adapt_connection = adapt_connection
+        self._connection = adapt_connection._connection
+        self._soft_closed_memoized = EMPTY_DICT
+        self._rows = collections.deque()
+        self._description: Any = None
+        self._rowcount = -1
+        self._lastrowid: int | None = None
+        self._arraysize = 1
+
+    @property
+    def description(self) -> Any:
+        return self._description
+
+    @property
+    def rowcount(self) -> int:
+        return self._rowcount
+
+    @property
+    def lastrowid(self) -> Any:
+        return self._lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return self._arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._arraysize = value
+
+    async def _async_soft_close(self) -> None:
+        return None  # every row was fetched, and the sqlite3 cursor closed, in the trip
+
+    def close(self) -> None:
+        self._rows.clear()
+
+    def execute(self, operation: Any, parameters: Any = None) -> Any:
+        try:
+            await_(self._trip(operation, parameters, many=False))
+        except Exception as error:
+            self._adapt_connection._handle_exception(error)
+
+    def executemany(self, operation: Any, seq_of_parameters: Any) -> Any:
+        try:
+            await_(self._trip(operation, seq_of_parameters, many=True))
+        except Exception as error:
+            self._adapt_connection._handle_exception(error)
+
+    async def _trip(self, operation: str, parameters: Any, *, many: bool) -> None:
+        adapt = self._adapt_connection
+        assert isinstance(adapt, OneTripConnection)
+        async with adapt._execute_mutex:
+            aconn = self._connection
+            # Unknown until the trip returns: a statement cancelled on the way (its
+            # function still runs on the thread) must not leave a transaction unseen.
+            adapt._in_transaction = True
+            outcome: _Outcome = await aconn._execute(
+                _run,
+                aconn._conn,
+                operation,
+                parameters,
+                many,
+            )
+            description, rows, self._rowcount, self._lastrowid, adapt._in_transaction = outcome
+            self._description = description
+            self._rows = collections.deque(rows)
+
+    def nextset(self) -> None:
+        return None  # sqlite3 has no further result sets
+
+    def setinputsizes(self, *inputsizes: Any) -> None:
+        return None  # sqlite3 takes no input sizes
+
+
+class OneTripConnection(AsyncAdapt_aiosqlite_connection):
+    """An aiosqlite connection whose COMMIT and ROLLBACK cost nothing when ``sqlite3`` is
+    outside a transaction (a single read; a connection going back to the pool)."""
+
+    __slots__ = ("_in_transaction",)
+    _cursor_cls = OneTripCursor
+
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        # a new sqlite3 connection is outside any transaction; every statement updates it
+        self._in_transaction = False
+
+    def commit(self) -> None:
+        if self._in_transaction:
+            super().commit()
+            self._in_transaction = False
+
+    def rollback(self) -> None:
+        if self._in_transaction:
+            super().rollback()
+            self._in_transaction = False
+
+
+class AiosqliteDBAPI(AsyncAdapt_aiosqlite_dbapi):
+    """SQLAlchemy's aiosqlite module, making ``OneTripConnection`` connections."""
+
+    def connect(self, *arg: Any, **kw: Any) -> AsyncAdapt_aiosqlite_connection:
+        stock = super().connect(*arg, **kw)
+        return OneTripConnection(self, stock._connection)
+
+
+def dbapi() -> AsyncAdapt_aiosqlite_dbapi:
+    """The ``module`` to give ``create_async_engine`` for a SQLite URL."""
+    if not (hasattr(aiosqlite.Connection, "_execute") and hasattr(aiosqlite.Connection, "_conn")):
+        return AsyncAdapt_aiosqlite_dbapi(aiosqlite, sqlite3)
+    return AiosqliteDBAPI(aiosqlite, sqlite3)
