@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -337,6 +338,18 @@ class ProviderContract:
             )
         with pytest.raises(ProviderError, match="empty argv"):
             await provider.launch(Command(argv=(), cwd=str(workdir)), await provider.run_dir("e"))
+
+    async def test_the_agent_starts_with_default_signal_dispositions(
+        self, provider: Provider, workdir: Path
+    ) -> None:
+        """Nothing the agent inherits is ignored (SIGINT, SIGQUIT, SIGPIPE...): a shell
+        starting it with ``&`` would leave SIGINT and SIGQUIT ignored."""
+        run = await start(provider, "signals", ["grep", "^SigIgn", "/proc/self/status"], workdir)
+        assert await wait_exit(run) == 0
+        (line,) = (await drain(run))["stdout"]
+        ignored = int(line.split()[1], 16)
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGPIPE, signal.SIGTERM):
+            assert not ignored & (1 << (sig - 1)), f"{sig.name} is ignored: {line}"
 
     async def test_make_cwd_creates_the_working_directory(
         self, provider: Provider, workdir: Path

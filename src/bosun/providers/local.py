@@ -54,9 +54,9 @@ from bosun.providers.base import Command, ExecResult, OutputChunk, RunHandle, St
 # builtin-looking argv[0] such as ``exec`` or ``exit`` cannot end the wrapper early, and
 # so that the program gets default signal dispositions. The exit code is written with
 # builtins only (``set -C``: an exclusive create, so a code a cancel recorded first
-# stays). fd 3 is closed first: an SSH launch passes the wrapper the write end of a pipe
-# that tells it the run has its own session.
-WRAPPER_SCRIPT = r"""exec 3>&-
+# stays). fd 3 is closed first; a launch by an SSH host session (``$0`` is
+# ``bosun-run-ID``) first answers it there with the wrapper's pid (bosun.providers.ssh_session).
+WRAPPER_SCRIPT = r"""case $0 in bosun-run-*) echo "${0#bosun-run-} ok $$" >&3 ;; esac; exec 3>&-
 d=$1; cwd=$2; keep_pwd=$3; shift 3
 trap : HUP INT TERM
 finish() { set -C; echo "$1" 2>/dev/null >"$d/exit"; exit "$1"; }

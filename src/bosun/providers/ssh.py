@@ -82,6 +82,8 @@ __all__ = [
 
 _RESERVED = frozenset({"cmd.json", "stdin", "stdout", "stderr", "pid", "pgid", "exit", "env.sh"})
 _READY_BACKOFF_MAX = 5.0
+#: How long a launch waits for the wrapper to say it runs (a busy host may be slow).
+LAUNCH_TIMEOUT = 60.0
 #: How long ``ensure_ready`` waits for SSH after running a host's ``wake_command``.
 WAKE_READY_TIMEOUT = 180.0
 
@@ -297,7 +299,14 @@ class SshProvider:
         for name, data in {"cmd.json": meta, **files}.items():
             args += [name, data.decode("utf-8", "surrogateescape")]
         args += [str(len(env)), *env, *command.argv]
-        words = await self.session.call("launch", args)
+        try:
+            words = await self.session.call("launch", args, timeout=LAUNCH_TIMEOUT)
+        except TimeoutError:
+            raise ProviderError(
+                f"{command.argv[0]!r} in {run_dir} on host {self.name} did not start within "
+                f"{LAUNCH_TIMEOUT:g}s: {await self._stderr_tail(run_dir)}",
+                hint="check that /bin/sh and setsid work on the host and it is not overloaded",
+            ) from None
         if words == ["nodir"]:
             raise ProviderError(
                 f"run directory {run_dir} does not exist on host {self.name}",
@@ -312,6 +321,12 @@ class SshProvider:
             )
         if words == ["nofile"]:
             raise self.files.fs_error("write the run files in", run_dir)
+        if words == ["failed"]:
+            raise ProviderError(
+                f"cannot start {command.argv[0]!r} in {run_dir} on host {self.name}: "
+                f"{await self._stderr_tail(run_dir)}",
+                hint="check that /bin/sh and setsid work on the host",
+            )
         if len(words) != 2 or words[0] != "ok" or not words[1].isdigit():
             raise ProviderError(
                 f"cannot start {command.argv[0]!r} in {run_dir} on host {self.name}: "
@@ -320,6 +335,14 @@ class SshProvider:
             )
         pid = int(words[1])
         return SshRun(self, run_dir, pid, pid)
+
+    async def _stderr_tail(self, run_dir: str) -> str:
+        """The end of a run's stderr (where setsid and the wrapper say what failed)."""
+        try:
+            raw = await self.files.read_small(f"{run_dir}/stderr")
+        except ProviderError:
+            raw = None
+        return redact((raw or b"").decode(errors="replace").strip()[-300:]) or "(no message)"
 
     def _no_cwd(self, command: Command) -> ProviderError:
         return ProviderError(

@@ -92,12 +92,15 @@ printf '%s\n%s' "$HOME" "$PATH"
 #:
 #: The shell's environment is empty (``env -i``) and its variables are not exported, so
 #: a run gets exactly the variables its launch exports, with no ``env`` or loader
-#: process. Only builtins run in the shell itself, except the launch's forks: a subshell
-#: that exports the run's variables and becomes ``setsid /bin/sh -c WRAPPER`` (the
-#: wrapper of :mod:`bosun.providers.local`), and a pipe whose last writer is that
-#: subshell's fd 3, which the wrapper closes once it runs as the leader of its own
-#: session: the launch answers only then, so a liveness check or a cancel right after it
-#: cannot miss the run.
+#: process. Only builtins run in the shell itself, except a launch's subshell, which
+#: exports the run's variables and becomes ``setsid -f /bin/sh -c WRAPPER`` (the wrapper
+#: of :mod:`bosun.providers.local`): setsid forks, its child starts the wrapper as the
+#: leader of a new session, and the shell goes on with the next request at once. The
+#: launch's answer comes from the wrapper itself (its ``$0`` is ``bosun-run-ID``; fd 3 is
+#: the session's stdout), once it runs in its own session, so a liveness check or a
+#: cancel right after the launch cannot miss the run. Nothing is started with ``&``: a
+#: shell without job control would start it with SIGINT and SIGQUIT ignored, and so would
+#: the agent be. The session launches only where ``setsid -f`` works (util-linux 2.31+).
 SESSION_SCRIPT = (
     r"""PATH=$1; umask 077; set -f
 bosun_wrapper="""
@@ -115,12 +118,10 @@ bosun_launch() {
     if ! printf '%s' "$2" 2>/dev/null >"$d/$1"; then echo "$i nofile"; return 0; fi
     shift 2; nf=$((nf - 1))
   done
-  { ( ne=$1; shift
-      while [ "$ne" -gt 0 ]; do export "$1"; shift; ne=$((ne - 1)); done
-      exec setsid /bin/sh -c "$bosun_wrapper" bosun-run "$d" "$cwd" "$kp" "$@"
-    ) 3>&1 </dev/null >>"$d/stdout" 2>>"$d/stderr" &
-    echo "$!"
-  } | { read -r p; while read -r x; do :; done; echo "$i ok $p"; }
+  ( ne=$1; shift
+    while [ "$ne" -gt 0 ]; do export "$1"; shift; ne=$((ne - 1)); done
+    exec setsid -f /bin/sh -c "$bosun_wrapper" "bosun-run-$i" "$d" "$cwd" "$kp" "$@"
+  ) 3>&1 </dev/null >>"$d/stdout" 2>>"$d/stderr" || echo "$i failed"
 }
 bosun_scan() {
   live=" "
@@ -163,7 +164,8 @@ bosun_probe() {
 bosun_signal() {
   if kill -"$2" -"$3" 2>/dev/null; then echo "$1 sent"; else echo "$1 gone"; fi
 }
-if command -v setsid >/dev/null 2>&1; then echo "0 ready setsid"; else echo "0 ready nosetsid"; fi
+if setsid -f true </dev/null >/dev/null 2>&1; then echo "0 ready setsid"
+else echo "0 ready nosetsid"; fi
 """
 )
 

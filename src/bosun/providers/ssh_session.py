@@ -12,8 +12,8 @@ the request id, then words. Requests are served one at a time, in order.
 
 - ``launch``: writes the run's files with ``printf`` (a builtin: no process, and the
   environment's values never appear on a command line), exports the run's variables in a
-  subshell that becomes ``setsid /bin/sh -c WRAPPER`` and answers once the wrapper runs
-  in its own session.
+  subshell that becomes ``setsid -f /bin/sh -c WRAPPER``; the wrapper itself answers,
+  once it runs in its own session, while the session serves the next request.
 - ``probe``: for any number of runs, the exit code, whether ``stdout``/``stderr`` hold
   anything and whether the process group lives, with builtins only (files and /proc).
 
@@ -68,18 +68,26 @@ class HostSession:
     def running(self) -> bool:
         return self._proc is not None and self._conn is not None and not self._conn.is_closed()
 
-    async def call(self, function: str, args: Sequence[str], *, retry: bool = False) -> list[str]:
+    async def call(
+        self,
+        function: str,
+        args: Sequence[str],
+        *,
+        retry: bool = False,
+        timeout: float | None = None,
+    ) -> list[str]:
         """Send one request and return the words of its answer (after the id).
 
         ``retry``: when the session ends under the request while the link is up (its
         shell was killed), send it once more on a new session; only for requests that
-        may run twice (a probe, a signal), never for a launch."""
+        may run twice (a probe, a signal), never for a launch. ``timeout``: seconds to
+        wait for the answer (``TimeoutError``)."""
         try:
-            return await self._call(function, args)
+            return await asyncio.wait_for(self._call(function, args), timeout)
         except ProviderError:
             if not retry or not self.link.connected:
                 raise
-            return await self._call(function, args)
+            return await asyncio.wait_for(self._call(function, args), timeout)
 
     async def _call(self, function: str, args: Sequence[str]) -> list[str]:
         request_id = next(self._ids)
