@@ -58,7 +58,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: The newest revision in MIGRATIONS_DIR (a test keeps the two in step). A database already
 #: there is opened without importing alembic, which saves a CLI call a quarter second.
 HEAD_REVISION = "0003"
-BUSY_TIMEOUT_MS = 10_000
+BUSY_TIMEOUT_MS = sqlite_driver.BUSY_TIMEOUT_MS
 _URL_HINT = (
     "use a URL like sqlite:///path/to/bosun.db (in bosun.toml, a relative path is relative "
     "to the directory of bosun.toml) or postgresql://user:password@host:5432/dbname"
@@ -184,6 +184,8 @@ def sqlite_engine(url: URL) -> AsyncEngine:
         url,
         module=sqlite_driver.dbapi(),  # one trip to aiosqlite's thread per statement
         json_serializer=functools.partial(json.dumps, allow_nan=False),
+        # a write transaction's statements run on the event loop's thread (sqlite_driver)
+        connect_args={"check_same_thread": False},
     )
     event.listen(engine.sync_engine, "connect", _on_connect)
     event.listen(engine.sync_engine, "begin", _on_begin)
