@@ -123,6 +123,17 @@ def _member_alive(pid: str, pgid: int) -> bool:
     return len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X")
 
 
+def _makedirs(path: str, what: str) -> None:
+    """``mkdir -p``, failing with a ``ProviderError`` that names ``what`` and the path."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ProviderError(
+            f"cannot create {what} {path}: {exc.strerror}",
+            hint="check that bosun's state directory is writable and has free space",
+        ) from exc
+
+
 def _write_exit_if_missing(run_dir: str, code: int) -> None:
     """Record ``code`` unless the wrapper already did; atomic (link never overwrites)."""
     final = os.path.join(run_dir, "exit")
@@ -399,25 +410,13 @@ class LocalProvider:
 
     async def makedirs(self, path: str) -> None:
         """Create ``path`` and its parents (no error when it exists)."""
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as exc:
-            raise ProviderError(
-                f"cannot create directory {path}: {exc.strerror}",
-                hint="check that bosun's state directory is writable",
-            ) from exc
+        _makedirs(path, "directory")
 
     async def run_dir(self, key: str) -> str:
         """Create (if needed) and return the absolute run directory for ``key``."""
         check_run_key(key)
         path = os.path.join(self._root, "runs", key)
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as exc:
-            raise ProviderError(
-                f"cannot create run directory {path}: {exc.strerror}",
-                hint="check that bosun's state directory is writable",
-            ) from exc
+        _makedirs(path, "run directory")
         return path
 
     async def launch(self, command: Command, run_dir: str) -> RunHandle:
@@ -438,13 +437,7 @@ class LocalProvider:
         run_dir = os.path.abspath(run_dir)
         cwd = os.path.abspath(command.cwd)
         if command.make_cwd:
-            try:
-                os.makedirs(cwd, exist_ok=True)
-            except OSError as exc:
-                raise ProviderError(
-                    f"cannot create working directory {cwd}: {exc.strerror}",
-                    hint="check the permissions and free space of bosun's state directory",
-                ) from exc
+            _makedirs(cwd, "working directory")
         self._check_launch(command, run_dir, cwd)
         try:
             for name, data in command.files.items():
