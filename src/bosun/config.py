@@ -300,7 +300,8 @@ class HostConfig(_Table):
     identity_file: str | None = None  # default: ssh config, ssh-agent, ~/.ssh/id_*
     ssh_config: str | None = None  # default: ~/.ssh/config when it exists
     work_dir: str = ".bosun"  # repo caches, worktrees and run dirs; relative to remote $HOME
-    max_channels: PositiveInt = 8  # concurrent SSH channels; keep under sshd's MaxSessions
+    # concurrent SSH channels, two long-lived (SFTP, the host session); keep under MaxSessions
+    max_channels: PositiveInt = 8
     keepalive_interval: PositiveFloat = 5.0  # seconds between keepalives
     keepalive_count_max: PositiveInt = 3  # missed keepalives before the link counts as dead
     connect_timeout: PositiveFloat = 10.0
