@@ -269,6 +269,11 @@ def test_several_problems_are_reported_together(tmp_path: Path) -> None:
         ("[limits]\nper_agent = { demo = 0 }\n", "per_agent.demo: Input should be greater", ""),
         ('[hosts.a]\nagents = ["ghost"]\n', "[hosts.a] agents: unknown agent 'ghost'", "demo"),
         ("[hosts.a]\nmax_concurrent = -1\n", "[hosts.a] max_concurrent", "above zero"),
+        (
+            '[hosts.a]\nkind = "ssh"\naddress = "u@h"\nmax_channels = 2\n',
+            "[hosts.a] max_channels",
+            "use 3 or more",
+        ),
         ('[repos."has space"]\nurl = "x"\n', "the name 'has space' is not allowed", "letters"),
         ('[agents."a.b"]\ncommand = ["x"]\n', "the name 'a.b' is not allowed", "letters"),
         ("[repos.demo]\nbranch = 'x'\n", "[repos.demo]: unknown key 'branch'", "url"),

@@ -207,7 +207,8 @@ def hosts_add(
         str | None, typer.Option("--work-dir", help="bosun's directory on the host.")
     ] = None,
     max_channels: Annotated[
-        int | None, typer.Option("--max-channels", help="SSH channels at once.")
+        int | None,
+        typer.Option("--max-channels", min=3, help="SSH channels at once (at least 3)."),
     ] = None,
     connect_timeout: Annotated[
         float | None,

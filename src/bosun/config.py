@@ -300,8 +300,9 @@ class HostConfig(_Table):
     identity_file: str | None = None  # default: ssh config, ssh-agent, ~/.ssh/id_*
     ssh_config: str | None = None  # default: ~/.ssh/config when it exists
     work_dir: str = ".bosun"  # repo caches, worktrees and run dirs; relative to remote $HOME
-    # concurrent SSH channels, two long-lived (SFTP, the host session); keep under MaxSessions
-    max_channels: PositiveInt = 8
+    # concurrent SSH channels, two long-lived (SFTP, the host session) and at least one for
+    # commands; keep under sshd's MaxSessions
+    max_channels: int = Field(default=8, ge=3)
     keepalive_interval: PositiveFloat = 5.0  # seconds between keepalives
     keepalive_count_max: PositiveInt = 3  # missed keepalives before the link counts as dead
     connect_timeout: PositiveFloat = 10.0
@@ -626,7 +627,20 @@ def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
         return f"{where}: {message}", f"write it as a table: {section or '[' + where + ']'}"
     key = _key_path(rest) or "the value"
     hint = _TYPE_HINTS.get(kind, "fix the value (`bosun init` writes an example of every key)")
-    return f"{where}: {message}", hint.format(key=key)
+    ctx = error.get("ctx") or {}
+    bounds = {k: _bound(ctx.get(k, 0)) for k in ("ge", "gt")}
+    return f"{where}: {message}", hint.format(key=key, **bounds)
+
+
+def _bound(value: Any) -> str:
+    """A limit from a pydantic error, for a hint: ``zero``, ``3``, ``0.5``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if number == 0:
+        return "zero"
+    return str(int(number)) if number.is_integer() else str(number)
 
 
 _TYPE_HINTS = {
@@ -635,8 +649,8 @@ _TYPE_HINTS = {
     "float_type": "write a number: {key} = 5.0",
     "bool_type": "write {key} = true or {key} = false",
     "list_type": "write a list: {key} = [...]",
-    "greater_than": "use a number above zero",
-    "greater_than_equal": "use zero or more",
+    "greater_than": "use a number above {gt}",
+    "greater_than_equal": "use {ge} or more",
     "string_too_short": 'write a non-empty string: {key} = "..."',
     "value_error": "change the values so that the rule above holds",
 }

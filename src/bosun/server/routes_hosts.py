@@ -58,7 +58,7 @@ class HostIn(BaseModel):
         default=None, description="false: do not verify the SSH host key (explicit opt-out)"
     )
     work_dir: str | None = Field(default=None, min_length=1, max_length=500)
-    max_channels: int | None = Field(default=None, ge=1, le=1000)
+    max_channels: int | None = Field(default=None, ge=3, le=1000)
     keepalive_interval: float | None = Field(default=None, gt=0, le=3600)
     keepalive_count_max: int | None = Field(default=None, ge=1, le=1000)
     connect_timeout: float | None = Field(default=None, gt=0, le=600)
