@@ -488,3 +488,16 @@ async def test_a_killed_session_shell_is_replaced_and_runs_go_on(
     await asyncio.to_thread((work / "fifo").write_text, "go\n")  # let the run end
     assert await wait_exit(run) == 0
     assert (await drain(run))["stdout"] == ["done"]
+
+
+async def test_cancel_kills_what_outlives_the_agent(provider: SshProvider, host: SshHost) -> None:
+    """The agent ends on SIGTERM (so the wrapper records its code) but leaves a child
+    that ignores it: the group is still alive, so cancel goes on to SIGKILL."""
+    work = host_dir(host, "work")
+    script = "sh -c 'trap \"\" TERM; echo up > up; exec sleep 300' & wait"
+    run = await start(provider, "stubborn", ["sh", "-c", script], work)
+    await wait_file(work / "up")
+    await run.cancel(grace=1)
+    assert await run.exit_code() == 143  # the agent's own end, recorded by the wrapper
+    assert not await run.alive()
+    assert [a for _p, g, a in host.processes() if g == run.ref["pgid"]] == []

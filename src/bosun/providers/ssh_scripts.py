@@ -155,8 +155,7 @@ bosun_probe() {
     case $e in "") e=- ;; *[!0-9]*) e=bad ;; esac
     o=0; [ -s "$1/stdout" ] && o=1
     x=0; [ -s "$1/stderr" ] && x=1
-    a=-
-    if [ "$e" = - ]; then if bosun_alive "$2"; then a=1; else a=0; fi; fi
+    a=0; bosun_alive "$2" && a=1
     r="$r $e:$o$x$a"; shift 2
   done
   echo "$r"
