@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -501,3 +502,35 @@ async def test_cancel_kills_what_outlives_the_agent(provider: SshProvider, host:
     assert await run.exit_code() == 143  # the agent's own end, recorded by the wrapper
     assert not await run.alive()
     assert [a for _p, g, a in host.processes() if g == run.ref["pgid"]] == []
+
+
+async def test_a_launch_that_outruns_its_directories_goes_again(
+    provider: SshProvider, host: SshHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launch request goes out while SFTP still makes the run and scratch
+    directories; when it arrives first it is refused (nothing written) and sent again."""
+    work = host_dir(host, "work")
+    real = provider.makedirs
+
+    async def slow(path: str) -> None:
+        await asyncio.sleep(0.3)
+        await real(path)
+
+    monkeypatch.setattr(provider, "makedirs", slow)
+    sent: list[str] = []
+    real_call = provider.session.call
+
+    async def spy(function: str, args: Any, **kwargs: Any) -> list[str]:
+        words = await real_call(function, args, **kwargs)
+        sent.append(f"{function} {' '.join(words)}")
+        return words
+
+    monkeypatch.setattr(provider.session, "call", spy)
+    cmd = Command(argv=("sh", "-c", "pwd"), cwd=str(work / "late" / "t1"), env=PATH_ENV)
+    run = await provider.launch(replace(cmd, make_cwd=True), await provider.run_dir("late"))
+    assert await wait_exit(run) == 0
+    assert (await drain(run))["stdout"] == [str(work / "late" / "t1")]
+    assert [s.split()[:2] for s in sent if s.startswith("launch")] == [
+        ["launch", "nodir"],
+        ["launch", "ok"],
+    ]

@@ -259,24 +259,35 @@ class SshProvider:
         files: dict[str, bytes] = {name: data for name, data in command.files.items()}
         if command.stdin is not None:
             files["stdin"] = command.stdin
-        # the run directory, the files' own directories, a scratch working directory
-        # the run directory (then its files' own, parents first) and a scratch working
+        # The run directory (then its files' own, parents first) and a scratch working
         # directory, at once over SFTP: sftp-server makes a directory with a system call,
-        # where a `mkdir` process cost the host 3-4 ms of CPU here (coreutils starts slowly)
+        # where a `mkdir` process cost the host 3-4 ms of CPU here (coreutils starts slowly).
         run_dirs = sorted({posixpath.dirname(f"{run_dir}/{n}") for n in files} | {run_dir}, key=len)
         meta_bytes = json.dumps(meta).encode()
-        await asyncio.gather(
-            self._makedirs_in_order(run_dirs),
-            *([self.makedirs(command.cwd)] if command.make_cwd else []),
+        made = asyncio.ensure_future(
+            asyncio.gather(
+                self._makedirs_in_order(run_dirs),
+                *([self.makedirs(command.cwd)] if command.make_cwd else []),
+            )
         )
-        if (
-            command.tmux is None
-            and self._mode == "auto"
-            and not any(b"\0" in data for data in files.values())
-            and await self._session_setsid()
-        ):
-            return await self._launch_in_session(command, run_dir, meta_bytes, files)
-        return await self._launch_exec(command, run_dir, meta_bytes, files)
+        if len(run_dirs) > 1:
+            # files in directories of their own: the launch checks only the run directory
+            # and the working directory before it writes, so it must not come first
+            await made
+        try:
+            if (
+                command.tmux is None
+                and self._mode == "auto"
+                and not any(b"\0" in data for data in files.values())
+                and await self._session_setsid()
+            ):
+                return await self._launch_in_session(command, run_dir, meta_bytes, files, made)
+            await made
+            return await self._launch_exec(command, run_dir, meta_bytes, files)
+        finally:
+            if not made.done():
+                made.cancel()
+            await asyncio.gather(made, return_exceptions=True)
 
     async def _makedirs_in_order(self, paths: list[str]) -> None:
         for path in paths:
@@ -293,7 +304,11 @@ class SshProvider:
         run_dir: str,
         meta: bytes,
         files: Mapping[str, bytes],
+        made: asyncio.Future[Any],
     ) -> RunHandle:
+        """The request goes out while the directories are still being made: the SFTP
+        requests left first on the same connection and usually win. When they have not
+        (``nodir``/``nocwd``: nothing was written), it goes again once they are done."""
         env = env_pairs(command.env)
         args = [run_dir, command.cwd, "1" if "PWD" in command.env else "0", str(1 + len(files))]
         for name, data in {"cmd.json": meta, **files}.items():
@@ -301,6 +316,9 @@ class SshProvider:
         args += [str(len(env)), *env, *command.argv]
         try:
             words = await self.session.call("launch", args, timeout=LAUNCH_TIMEOUT)
+            await made  # (an error making them is the one to report)
+            if words in (["nodir"], ["nocwd"]):
+                words = await self.session.call("launch", args, timeout=LAUNCH_TIMEOUT)
         except TimeoutError:
             raise ProviderError(
                 f"{command.argv[0]!r} in {run_dir} on host {self.name} did not start within "
