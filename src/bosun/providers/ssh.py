@@ -120,7 +120,7 @@ class SshProvider:
         self._root: str | None = None
         self._prepare_lock = asyncio.Lock()
         self.session = HostSession(self.link, name)
-        self._probes: Coalescer[tuple[str, int], Probe] = Coalescer(self._probe_runs, "probe")
+        self._probes: Coalescer[tuple[str, int, bool], Probe] = Coalescer(self._probe_runs, "probe")
 
     # -- paths ---------------------------------------------------------------------------
     def host_env(self) -> Mapping[str, str]:
@@ -532,15 +532,17 @@ class SshProvider:
         await self.session.aclose()
         await self.link.aclose()
 
-    async def probe(self, run_dir: str, pgid: int) -> Probe:
+    async def probe(self, run_dir: str, pgid: int, *, group: bool = False) -> Probe:
         """What the host session sees of a run now; the probes of all runs asked at the
-        same moment share one request."""
-        return await self._probes.ask((run_dir, pgid))
+        same moment share one request. ``group``: whether the process group lives even
+        when the run has an exit code (else ``alive`` is None then)."""
+        return await self._probes.ask((run_dir, pgid, group))
 
-    async def _probe_runs(self, runs: list[tuple[str, int]]) -> dict[tuple[str, int], Probe]:
-        words = await self.session.call(
-            "probe", [w for d, g in runs for w in (d, str(g))], retry=True
-        )
+    async def _probe_runs(
+        self, runs: list[tuple[str, int, bool]]
+    ) -> dict[tuple[str, int, bool], Probe]:
+        args = [w for d, g, full in runs for w in (d, str(g), "1" if full else "0")]
+        words = await self.session.call("probe", args, retry=True)
         if len(words) != len(runs):
             raise ProviderError(
                 f"host {self.name}: the session answered {len(words)} probes for {len(runs)}",

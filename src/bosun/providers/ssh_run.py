@@ -35,11 +35,13 @@ class Probe:
     bad_exit: bool  # the exit file holds something that is not a code
     stdout: bool  # stdout holds at least one byte
     stderr: bool
-    alive: bool  # a (non-zombie) process of the run's group exists
+    alive: bool | None  # a (non-zombie) process of the run's group exists; None: not asked
+    # (an ended run's group is looked at only when asked for: a leader that is still a
+    # zombie then costs a scan of /proc)
 
     @classmethod
     def parse(cls, word: str) -> Probe:
-        """``EXIT:OEA`` (``-`` for no exit yet, ``bad``; three 0/1 flags)."""
+        """``EXIT:OEA`` (``-`` for no exit yet, ``bad``; 0/1 flags, ``A`` also ``-``)."""
         code, _, flags = word.partition(":")
         if len(flags) != 3 or not (code in ("-", "bad") or code.isdigit()):
             raise ProviderError(f"unexpected probe answer {word!r}", hint="report this as a bug")
@@ -48,7 +50,7 @@ class Probe:
             bad_exit=code == "bad",
             stdout=flags[0] == "1",
             stderr=flags[1] == "1",
-            alive=flags[2] == "1",
+            alive=None if flags[2] == "-" else flags[2] == "1",
         )
 
 
@@ -65,8 +67,9 @@ class SshRun(DetachedRun):
         self._for_read: Probe | None = None
         self._for_alive: Probe | None = None
 
-    async def _probe(self) -> Probe:
-        probe = await self._provider.probe(self._run_dir, self._pgid)
+    async def _probe(self, *, group: bool = False) -> Probe:
+        """``group``: look at the process group even if the run has an exit code."""
+        probe = await self._provider.probe(self._run_dir, self._pgid, group=group)
         self._for_read = self._for_alive = probe
         return probe
 
@@ -115,10 +118,10 @@ class SshRun(DetachedRun):
     async def alive(self) -> bool:
         """Whether a (non-zombie) process of the run's group still exists on the host."""
         seen, self._for_alive = self._for_alive, None
-        if seen is None:
-            seen = await self._probe()
+        if seen is None or seen.alive is None:
+            seen = await self._probe(group=True)
             self._for_read = None
-        return seen.alive
+        return bool(seen.alive)
 
     async def _signal(self, kill: bool) -> bool:
         return await self._provider.signal("KILL" if kill else "TERM", self._pgid)

@@ -150,13 +150,14 @@ bosun_alive() {
 }
 bosun_probe() {
   r=$1; shift; live=
-  while [ "$#" -ge 2 ]; do
+  while [ "$#" -ge 3 ]; do
     e=; read -r e 2>/dev/null <"$1/exit" || e=
     case $e in "") e=- ;; *[!0-9]*) e=bad ;; esac
     o=0; [ -s "$1/stdout" ] && o=1
     x=0; [ -s "$1/stderr" ] && x=1
-    a=0; bosun_alive "$2" && a=1
-    r="$r $e:$o$x$a"; shift 2
+    a=-
+    if [ "$e" = - ] || [ "$3" = 1 ]; then if bosun_alive "$2"; then a=1; else a=0; fi; fi
+    r="$r $e:$o$x$a"; shift 3
   done
   echo "$r"
 }
