@@ -534,28 +534,9 @@ class Attempt:
                 outcome = replace(
                     outcome, success=False, error_kind=ErrorKind.WORKSPACE, error=exc.message
                 )
-        status = (
-            RunStatus.SUCCEEDED
-            if outcome.success
-            else RunStatus.CANCELLED
-            if outcome.error_kind is ErrorKind.CANCELLED
-            else RunStatus.LOST
-            if outcome.error_kind is ErrorKind.LOST
-            else RunStatus.FAILED
-        )
         end = RunUpdate(
             run.id,
-            {
-                "status": status,
-                "exit_code": code,
-                "error_kind": outcome.error_kind,
-                "error": outcome.error,
-                "session_id": outcome.session_id,
-                "tokens_in": outcome.tokens_in,
-                "tokens_out": outcome.tokens_out,
-                "cost_usd": outcome.cost_usd or 0.0,
-                "ended_at": ctx.clock(),
-            },
+            lifecycle.run_end(outcome, code, ctx.clock()),
         )
         finished = NewEvent(
             "run.finished",

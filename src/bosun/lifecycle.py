@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bosun.errors import InvalidTransition
-from bosun.models import ErrorKind, Outcome, Task, TaskStatus
+from bosun.models import ErrorKind, Outcome, RunStatus, Task, TaskStatus
 
 S = TaskStatus
 
@@ -167,3 +167,28 @@ def settlement(
         if outcome.summary:
             fields["result_summary"] = outcome.summary
     return decision, fields
+
+
+def run_end(outcome: Outcome, exit_code: int | None, ended_at: datetime) -> dict[str, Any]:
+    """The fields of a run that ended with ``outcome``: its status (succeeded, cancelled,
+    lost or failed), exit code, error, session and usage. The same for a run bosun
+    followed and for a pull agent's receipt."""
+    if outcome.success:
+        status = RunStatus.SUCCEEDED
+    elif outcome.error_kind is ErrorKind.CANCELLED:
+        status = RunStatus.CANCELLED
+    elif outcome.error_kind is ErrorKind.LOST:
+        status = RunStatus.LOST
+    else:
+        status = RunStatus.FAILED
+    return {
+        "status": status,
+        "exit_code": exit_code,
+        "error_kind": outcome.error_kind,
+        "error": outcome.error,
+        "session_id": outcome.session_id,
+        "tokens_in": outcome.tokens_in,
+        "tokens_out": outcome.tokens_out,
+        "cost_usd": outcome.cost_usd or 0.0,
+        "ended_at": ended_at,
+    }

@@ -340,21 +340,8 @@ class PullMethods(SqlBase):
                 lease_expires_at=None,
             )
             updated = await self._set_task(tx, task_id, values)
-            status = _run_status(outcome)
-            run_update = run_values(
-                {
-                    "status": status,
-                    "exit_code": exit_code,
-                    "error_kind": outcome.error_kind,
-                    "error": outcome.error,
-                    "session_id": outcome.session_id,
-                    "tokens_in": outcome.tokens_in,
-                    "tokens_out": outcome.tokens_out,
-                    "cost_usd": outcome.cost_usd or 0.0,
-                    "ended_at": now,
-                    "ref": {**run.ref, "receipt": True},
-                }
-            )
+            ended = lifecycle.run_end(outcome, exit_code, now)
+            run_update = run_values({**ended, "ref": {**run.ref, "receipt": True}})
             await tx.write(sa.update(runs).where(runs.c.id == run.id).values(**run_update))
             finished = {
                 "run_id": run.id,
@@ -508,16 +495,6 @@ async def _run_of_lease(conn: AsyncConnection, task_id: int, lease: str) -> Run 
         if run.ref.get("lease_sha256") == wanted:
             return run
     return None
-
-
-def _run_status(outcome: Outcome) -> RunStatus:
-    if outcome.success:
-        return RunStatus.SUCCEEDED
-    if outcome.error_kind is ErrorKind.CANCELLED:
-        return RunStatus.CANCELLED
-    if outcome.error_kind is ErrorKind.LOST:
-        return RunStatus.LOST
-    return RunStatus.FAILED
 
 
 def _iso(value: datetime | None) -> str | None:
