@@ -57,6 +57,7 @@ detached tmux session (see :mod:`bosun.providers.tmux`), and ``bosun attach`` jo
 from __future__ import annotations
 
 import fnmatch
+import functools
 import posixpath
 import re
 import string
@@ -126,6 +127,13 @@ _FORMATTER = string.Formatter()
 
 def _freeze(mapping: Mapping[str, str] | None) -> Mapping[str, str]:
     return MappingProxyType(dict(mapping or {}))
+
+
+@functools.lru_cache(maxsize=64)
+def _allow_pattern(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One regular expression for an ``env_allow`` list (``fnmatchcase`` semantics): the
+    environment is filtered on every launch, name by name."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,11 +261,8 @@ class AgentSpec:
     def _env(
         self, values: Mapping[str, str], environ: Mapping[str, str], home: str
     ) -> dict[str, str]:
-        env = {
-            key: value
-            for key, value in environ.items()
-            if any(fnmatch.fnmatchcase(key, pattern) for pattern in self.env_allow)
-        }
+        allowed = _allow_pattern(self.env_allow)
+        env = {key: value for key, value in environ.items() if allowed.match(key)}
         if not self.isolated_home:
             for key in ("HOME", *_XDG):
                 if key in environ:
