@@ -233,9 +233,18 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
             task = await self._load_task(tx.conn, task_id, lock=True)
             if not _claimable(task, now) or await self._collides_with_running(tx.conn, task):
                 return None
-            return await self._take(
-                tx, task, owner=owner, host=host, lease_seconds=lease_seconds, now=now
+            claimed, event = await self._take_row(
+                tx,
+                task.id,
+                task.status,
+                task.attempt,
+                owner=owner,
+                host=host,
+                lease_seconds=lease_seconds,
+                now=now,
             )
+            await self._add_events(tx, [event], now, returning=False)
+            return claimed
 
     @_shielded
     async def claim_batch(
@@ -286,30 +295,6 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
             await self._add_events(tx, new, now, returning=False)  # every claim's, at once
             return claimed
 
-    async def _take(
-        self,
-        tx: _Tx,
-        task: Task,
-        *,
-        owner: str,
-        host: str,
-        lease_seconds: float,
-        now: datetime,
-    ) -> Task:
-        """Inside a claim transaction: ``task`` -> running with a lease, and its event."""
-        claimed, event = await self._take_row(
-            tx,
-            task.id,
-            task.status,
-            task.attempt,
-            owner=owner,
-            host=host,
-            lease_seconds=lease_seconds,
-            now=now,
-        )
-        await self._add_events(tx, [event], now, returning=False)
-        return claimed
-
     async def _take_row(
         self,
         tx: _Tx,
@@ -322,9 +307,9 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
         lease_seconds: float,
         now: datetime,
     ) -> tuple[Task, NewEvent]:
-        """``_take`` without inserting its event: the task (``status``, ``attempt_before``
-        as the caller read them under its lock) -> running with a lease; the updated task
-        and its ``task.status`` event, for the caller to insert with its own."""
+        """Inside a claim transaction: the task (``status``, ``attempt_before`` as the
+        caller read them under its lock) -> running with a lease; the updated task and its
+        ``task.status`` event, for the caller to insert with its own."""
         lifecycle.check(task_id, status, TaskStatus.RUNNING)
         attempt = attempt_before + 1
         claimed = await self._set_task(

@@ -134,11 +134,16 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         """A statement of a write transaction, on this thread (see the module docstring).
         A coroutine that never suspends: SQLAlchemy wants to await something, and awaiting
         it costs no turn of the event loop."""
+        self._keep(_run(self._connection._conn, operation, parameters, many), inline=True)
+
+    def _keep(self, outcome: _Outcome, *, inline: bool = False) -> None:
+        """What a statement returned, and whether its connection is in a transaction now
+        (``inline``: and so still writing on this thread)."""
         adapt = self._adapt_connection
         assert isinstance(adapt, OneTripConnection)
-        outcome = _run(self._connection._conn, operation, parameters, many)
-        description, rows, self._rowcount, self._lastrowid, in_tx = outcome
-        adapt._in_transaction = adapt._writing = in_tx
+        description, rows, self._rowcount, self._lastrowid, adapt._in_transaction = outcome
+        if inline:
+            adapt._writing = adapt._in_transaction
         self._description = description
         self._rows = collections.deque(rows)
 
@@ -170,13 +175,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
             return  # busy (or anything else: the trip will say)
         finally:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        adapt._in_transaction = adapt._writing = True
-        self._description, self._rows, self._rowcount, self._lastrowid = (
-            None,
-            collections.deque(),
-            -1,
-            None,
-        )
+        self._keep((None, (), -1, None, True), inline=True)
 
     async def _trip(self, operation: str, parameters: Any, *, many: bool) -> None:
         adapt = self._adapt_connection
@@ -186,16 +185,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
             # Unknown until the trip returns: a statement cancelled on the way (its
             # function still runs on the thread) must not leave a transaction unseen.
             adapt._in_transaction = True
-            outcome: _Outcome = await aconn._execute(
-                _run,
-                aconn._conn,
-                operation,
-                parameters,
-                many,
-            )
-            description, rows, self._rowcount, self._lastrowid, adapt._in_transaction = outcome
-            self._description = description
-            self._rows = collections.deque(rows)
+            self._keep(await aconn._execute(_run, aconn._conn, operation, parameters, many))
 
     def nextset(self) -> None:
         return None  # sqlite3 has no further result sets
@@ -218,24 +208,24 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         self._writing = False  # inside BEGIN IMMEDIATE: statements run inline
 
     def commit(self) -> None:
-        if self._writing and not self._execute_mutex.locked():
-            self._end_inline(commit=True)
-        elif self._in_transaction:
-            super().commit()
-        self._in_transaction = self._writing = False
+        self._end_transaction(commit=True)
 
     def rollback(self) -> None:
+        self._end_transaction(commit=False)
+
+    def _end_transaction(self, *, commit: bool) -> None:
+        """On this thread inside a write transaction, by a trip inside another one,
+        nothing outside any."""
         if self._writing and not self._execute_mutex.locked():
-            self._end_inline(commit=False)
+            try:
+                await_(self._end(commit))
+            except Exception as error:
+                self._handle_exception(error)
+        elif self._in_transaction and commit:
+            super().commit()
         elif self._in_transaction:
             super().rollback()
         self._in_transaction = self._writing = False
-
-    def _end_inline(self, *, commit: bool) -> None:
-        try:
-            await_(self._end(commit))
-        except Exception as error:
-            self._handle_exception(error)
 
     async def _end(self, commit: bool) -> None:
         conn: sqlite3.Connection = self._connection._conn
