@@ -192,7 +192,7 @@ async def test_cancel_kills_a_running_agent(make_settings: SettingsFactory, tmp_
                 while "up" not in await output_lines(svc, task.id):
                     await asyncio.sleep(0.05)
             cancelled = await svc.cancel(task.id)
-            assert cancelled.status is TaskStatus.CANCELLED
+            assert cancelled.task.status is TaskStatus.CANCELLED and not cancelled.pending
             async with asyncio.timeout(20):
                 while (runs := await svc.runs(task.id))[0].ended_at is None:
                     await asyncio.sleep(0.05)

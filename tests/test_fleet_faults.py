@@ -665,7 +665,8 @@ async def test_cancel_kills_the_remote_process_group_and_only_it(
             h1.kill_listener()
 
         done = await asyncio.to_thread(orch.cli, "cancel", str(doomed))
-        assert done.returncode == 0, done.stderr
+        # 4: cancelled, but the agent is not stopped yet (the CLI cannot reach the host)
+        assert done.returncode == (0 if when == "followed" else 4), done.stderr
         if when == "nobody_follows":
             assert {pgid for _pid, pgid, _argv in agent_processes(h1)} == set(group.values())
             h1.restart()
@@ -694,7 +695,7 @@ async def test_cancel_kills_the_remote_process_group_and_only_it(
     (run,) = runs[doomed]  # cancelled, not re-dispatched
     assert run.status is RunStatus.CANCELLED and run.ended_at is not None
     # the CLI killed the group itself, or (no new connection possible) bosun did later
-    assert ("run.cancel_failed" in kinds) is (when != "followed")
+    assert ("run.cancel_pending" in kinds) is (when != "followed")
     assert ledger(h1).count(f"start {run_key(doomed, 1)}") == 1
     assert f"done {run_key(doomed, 1)}" not in ledger(h1)
     assert f"done {run_key(kept, 1)}" in ledger(h1)

@@ -13,19 +13,70 @@ Both return bosun's own values (``Task``, ``Run``, ``Event``) and raise bosun's 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, Self, runtime_checkable
 
 from bosun.models import Event, Run, Task, TaskSpec
 from bosun.store.base import TaskFilter
 
-__all__ = ["Backend", "SupportsJson"]
+__all__ = ["Backend", "Cancellation", "SupportsJson", "Unstopped"]
 
 
 class SupportsJson(Protocol):
     """A value with a machine-readable form (a host row, for instance)."""
 
     def to_json(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Unstopped:
+    """A run whose agent ``cancel`` could not stop: the task is cancelled all the same.
+
+    ``unreachable``: the host did not answer (else it answered with ``error``).
+    ``will_retry``: bosun stops the run on its own once the host answers again (a
+    dispatcher reconciles a host when its health check passes, and every host at its
+    start); False only when the host is no longer configured, so nothing will.
+    """
+
+    run_id: int
+    host: str
+    error: str
+    unreachable: bool
+    will_retry: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "host": self.host,
+            "error": self.error,
+            "unreachable": self.unreachable,
+            "will_retry": self.will_retry,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Unstopped:
+        return cls(
+            run_id=int(d["run_id"]),
+            host=str(d["host"]),
+            error=str(d["error"]),
+            unreachable=bool(d["unreachable"]),
+            will_retry=bool(d["will_retry"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    """What ``cancel`` did: the task (now ``cancelled``, whatever happened to its agent)
+    and the runs whose agent could not be stopped yet (empty when every agent was
+    stopped, or none was running)."""
+
+    task: Task
+    pending: tuple[Unstopped, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The task's JSON plus ``cancel_pending`` (the API's and ``--json``'s answer)."""
+        return {**self.task.to_json(), "cancel_pending": [u.to_json() for u in self.pending]}
 
 
 @runtime_checkable
@@ -55,8 +106,9 @@ class Backend(Protocol):
         """The runs (attempts) of a task by id."""
         ...
 
-    async def cancel(self, task_id: int) -> Task:
-        """Cancel a task (and kill its running agent)."""
+    async def cancel(self, task_id: int) -> Cancellation:
+        """Cancel a task and kill its running agent; an agent that could not be stopped
+        (its host does not answer) is in ``pending``, the task is cancelled regardless."""
         ...
 
     async def retry(self, task_id: int) -> Task:

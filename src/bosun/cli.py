@@ -29,7 +29,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bosun.agents import BUILTIN_AGENTS
-from bosun.backend import Backend
+from bosun.backend import Backend, Cancellation
 from bosun.cli_agent import agent_command
 from bosun.cli_attach import attach
 from bosun.cli_hosts import hosts_app
@@ -499,17 +499,54 @@ def _emit(ev: Event, as_json: bool) -> None:
     sys.stdout.flush()
 
 
+#: ``bosun cancel``: the task is cancelled, but an agent could not be stopped yet.
+EXIT_CANCEL_PENDING = 4
+
+
 @app.command()
 def cancel(task_id: int, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Cancel a task (a running agent's whole process group is killed)."""
+    """Cancel a task (a running agent's whole process group is killed).
+
+    Exits 4 when the task is cancelled but its agent could not be stopped yet (its host
+    does not answer): bosun stops it once the host answers again."""
     backend = open_backend(config)
 
-    async def go() -> Task:
+    async def go() -> Cancellation:
         async with await backend() as b:
             return await b.cancel(task_id)
 
-    task = _run(go)
-    _print_json(task.to_json()) if as_json else out.print(f"task {task.id} cancelled")
+    done = _run(go)
+    if as_json:
+        _print_json(done.to_json())
+    elif not done.pending:
+        out.print(f"task {done.task.id} cancelled")
+    else:
+        _print_cancel_pending(done)
+    if done.pending:
+        raise typer.Exit(EXIT_CANCEL_PENDING)
+
+
+def _print_cancel_pending(done: Cancellation) -> None:
+    out.print(f"task {done.task.id} cancelled, but its agent is not stopped yet")
+    for u in done.pending:
+        why = "it is unreachable" if u.unreachable else "it answered with an error"
+        err.print(
+            f"[bold yellow]warning:[/] the agent of run {u.run_id} on host {escape(u.host)} "
+            f"could not be stopped, {why}: {escape(u.error)}"
+        )
+        if u.will_retry:
+            err.print(
+                f"  [bold]then:[/] bosun stops it (TERM, then KILL to its process group) "
+                f"when {escape(u.host)} answers again: a running `bosun serve` or `bosun run` "
+                "does so once the host's health check passes, or when it starts; the task "
+                "stays cancelled meanwhile"
+            )
+        else:
+            err.print(
+                f"  [bold]fix:[/] nothing in bosun can reach it any more: stop the process "
+                f"group on {escape(u.host)} yourself (its run directory is in `bosun show "
+                f"{done.task.id} --json`)"
+            )
 
 
 @app.command()

@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
+from bosun.backend import Cancellation, Unstopped
 from bosun.errors import (
     API_ERRORS,
     BosunError,
@@ -443,8 +444,15 @@ class Client:
         except (KeyError, TypeError, ValueError) as exc:
             self._shape(exc)
 
-    async def cancel(self, task_id: int) -> Task:
-        return self._task(await self.call("POST", f"/api/v1/tasks/{int(task_id)}/cancel"))
+    async def cancel(self, task_id: int) -> Cancellation:
+        data = await self.call("POST", f"/api/v1/tasks/{int(task_id)}/cancel")
+        task = self._task(data)
+        try:
+            # (a server older than the field does not say: nothing known to be pending)
+            pending = tuple(Unstopped.from_json(u) for u in data.get("cancel_pending") or ())
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            self._shape(exc)
+        return Cancellation(task, pending)
 
     async def retry(self, task_id: int) -> Task:
         return self._task(await self.call("POST", f"/api/v1/tasks/{int(task_id)}/retry"))

@@ -6,6 +6,7 @@ is validated here, once, into clear ``InputError``s before anything is written.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
@@ -14,8 +15,9 @@ from typing import Any
 
 from bosun import lifecycle, scopes
 from bosun.agents import BUILTIN_AGENTS, AgentSpec
+from bosun.backend import Cancellation, Unstopped
 from bosun.config import Settings
-from bosun.errors import BosunError, InputError
+from bosun.errors import BosunError, HostUnreachable, InputError
 from bosun.hosts.check import CheckResult
 from bosun.hosts.manage import HostManager
 from bosun.hosts.registry import HostInfo
@@ -201,58 +203,89 @@ class Service:
         await self.store.get_task(task_id)
         return await self.store.list_runs(task_id)
 
-    async def cancel(self, task_id: int) -> Task:
-        """Cancel a task; if it is running, kill its run's whole process group too."""
+    async def cancel(self, task_id: int) -> Cancellation:
+        """Cancel a task; if it is running, kill its run's whole process group too.
+
+        The task is cancelled in any case. A run whose host does not answer (or answers
+        with an error) is not stopped now: it is in the answer's ``pending`` and gets a
+        ``run.cancel_pending`` event, and the dispatcher stops it once the host answers
+        again (``Fleet.reconcile``: the host's health check passes, or a dispatcher
+        starts)."""
         task = await self.store.get_task(task_id)
         lifecycle.check(task.id, task.status, TaskStatus.CANCELLED)
         was_running = task.status is TaskStatus.RUNNING
         task = await self.store.transition(
             task_id, TaskStatus.CANCELLED, reason="cancelled by a user"
         )
-        if was_running:
-            await self._kill_active_run(task)
-        return task
+        pending = await self._kill_active_run(task) if was_running else ()
+        return Cancellation(task, pending)
 
-    async def _kill_active_run(self, task: Task) -> None:
+    async def _kill_active_run(self, task: Task) -> tuple[Unstopped, ...]:
         runs = [
             r
             for r in await self.store.list_runs(task.id)
             if r.status in (RunStatus.STARTING, RunStatus.RUNNING) and "pgid" in r.ref
         ]
+        if not runs:
+            return ()
         try:
             settings = await self._hosts().effective_settings()  # registered hosts too
         except BosunError:
             settings = self.settings
         providers = make_providers(settings)
+        grace = self.settings.limits.cancel_grace
+        pending: list[Unstopped] = []
         try:
             for run in runs:
                 provider = providers.get(run.host)
                 if provider is None:
+                    error = f"host {run.host} is no longer configured"
+                    pending.append(
+                        Unstopped(run.id, run.host, error, unreachable=False, will_retry=False)
+                    )
+                    await self._cancel_event("run.cancel_failed", run, error, unreachable=False)
                     continue
+                # connecting, TERM, the grace, KILL; a link that dies half-way is noticed
+                # by keepalive, so the whole of it is bounded too
+                limit = settings.hosts[run.host].connect_timeout + grace + 30
                 try:
-                    handle = await provider.attach(run.ref)
-                    await handle.cancel(self.settings.limits.cancel_grace)
-                    # Record the end here too: no dispatcher may be following this run.
-                    await self.store.update_run(
-                        run.id,
-                        status=RunStatus.CANCELLED,
-                        exit_code=await handle.exit_code(),
-                        error_kind=ErrorKind.CANCELLED,
-                        error="cancelled by a user",
-                        ended_at=datetime.now(UTC),
+                    async with asyncio.timeout(limit):
+                        handle = await provider.attach(run.ref)
+                        await handle.cancel(grace)
+                        code = await handle.exit_code()
+                except (BosunError, TimeoutError) as exc:
+                    unreachable = not isinstance(exc, BosunError) or isinstance(
+                        exc, HostUnreachable
                     )
-                except BosunError as exc:
-                    await self.store.append_event(
-                        NewEvent(
-                            "run.cancel_failed",
-                            {"error": exc.message},
-                            task_id=task.id,
-                            run_id=run.id,
-                        )
+                    error = (
+                        exc.message
+                        if isinstance(exc, BosunError)
+                        else f"host {run.host} did not answer within {limit:g}s"
                     )
+                    pending.append(
+                        Unstopped(run.id, run.host, error, unreachable=unreachable, will_retry=True)
+                    )
+                    await self._cancel_event(
+                        "run.cancel_pending", run, error, unreachable=unreachable
+                    )
+                    continue
+                # Record the end here too: no dispatcher may be following this run.
+                await self.store.update_run(
+                    run.id,
+                    status=RunStatus.CANCELLED,
+                    exit_code=code,
+                    error_kind=ErrorKind.CANCELLED,
+                    error="cancelled by a user",
+                    ended_at=datetime.now(UTC),
+                )
         finally:
             for p in providers.values():
                 await p.aclose()
+        return tuple(pending)
+
+    async def _cancel_event(self, kind: str, run: Run, error: str, *, unreachable: bool) -> None:
+        data = {"run_id": run.id, "host": run.host, "error": error, "unreachable": unreachable}
+        await self.store.append_event(NewEvent(kind, data, task_id=run.task_id, run_id=run.id))
 
     async def retry(self, task_id: int) -> Task:
         """Queue a failed or cancelled task again, with a fresh budget of attempts."""

@@ -14,8 +14,10 @@
   unhealthy host gets no new work, and neither does an agent whose CLI the last
   ``bosun hosts check`` did not find on the host;
 - reconciles a host: runs that bosun gave up on while the host was unreachable (their
-  tasks were retried elsewhere; ``ref["abandoned"]`` is true) are killed if they still
-  run, so that a task never runs twice.
+  tasks were retried elsewhere, or were cancelled; ``ref["abandoned"]`` is true) are
+  killed if they still run, so that a task never runs twice; so are runs that no
+  dispatcher follows any more because their task was cancelled while ``bosun cancel``
+  could not reach the host (``run.cancel_pending``).
 
 Runs on a host that is unreachable for a while are handled by ``execution.Attempt``:
 their follower waits, re-attaches when the host answers again, and gives up (the task is
@@ -261,17 +263,21 @@ class Fleet:
                 await self.store.update_run(run.id, ref={**run.ref, "abandoned": "reconciled"})
                 if alive:
                     killed += 1
+                    task = await self.store.get_task(run.task_id)
+                    then = (
+                        "its task was cancelled meanwhile"
+                        if task.status is TaskStatus.CANCELLED
+                        else "the task was retried elsewhere"
+                    )
                     await self._stray_killed(
-                        run,
-                        name,
-                        "given up while the host was unreachable; the task was retried elsewhere",
+                        run, name, f"given up while the host was unreachable; {then}"
                     )
         return killed + await self._reconcile_orphans(name, provider, self.host_store)
 
     async def _reconcile_orphans(self, name: str, provider: Provider, hosts: HostStore) -> int:
         """Runs still recorded as going that no dispatcher follows: their task was cancelled
         (or cancelled and queued again) while ``bosun cancel`` could not reach the host
-        (``run.cancel_failed``). A dispatcher follows only a running task's current
+        (``run.cancel_pending``). A dispatcher follows only a running task's current
         attempt. Kill each that still runs and record its end."""
         killed = 0
         for run in await hosts.host_runs(name, [RunStatus.STARTING, RunStatus.RUNNING]):

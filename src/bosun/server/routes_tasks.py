@@ -127,6 +127,27 @@ class TaskOut(BaseModel):
     last_activity_at: str | None
 
 
+class PendingOut(BaseModel):
+    """A run whose agent the cancel could not stop yet (``bosun.backend.Unstopped``)."""
+
+    run_id: int
+    host: str
+    error: str = Field(description="Why it could not be stopped")
+    unreachable: bool = Field(description="The host did not answer (else: it answered an error)")
+    will_retry: bool = Field(
+        description="bosun stops it on its own once the host answers again (false: the "
+        "host is no longer configured, nothing will)"
+    )
+
+
+class CancelOut(TaskOut):
+    """The cancelled task, and the runs whose agent is not stopped yet."""
+
+    cancel_pending: list[PendingOut] = Field(
+        description="Empty when every running agent was stopped (or none ran)"
+    )
+
+
 class TaskPage(BaseModel):
     tasks: list[TaskOut]
     next_cursor: int | None = Field(description="Pass as ?cursor= for the next page; null: last")
@@ -223,7 +244,16 @@ async def get_runs(task_id: TaskId, svc: ServiceDep, token: AdminToken) -> dict[
 @router.post(
     "/{task_id}/cancel",
     summary="Cancel a task (kills its running agent)",
-    responses={200: {"model": TaskOut, "description": "The task"}, **_responses(404, 409)},
+    description=(
+        "The task is cancelled in any case. A running agent whose host does not answer "
+        "cannot be stopped now: its run is listed in `cancel_pending` (and gets a "
+        "`run.cancel_pending` event), and the dispatcher stops it once the host answers "
+        "again."
+    ),
+    responses={
+        200: {"model": CancelOut, "description": "The task, and agents not stopped yet"},
+        **_responses(404, 409),
+    },
 )
 async def cancel_task(task_id: TaskId, svc: ServiceDep, token: AdminToken) -> dict[str, Any]:
     return (await svc.cancel(task_id)).to_json()
