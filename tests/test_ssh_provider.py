@@ -16,9 +16,11 @@ import pytest
 
 from bosun.config import HostConfig
 from bosun.errors import HostUnreachable, ProviderError
+from bosun.providers import ssh as ssh_module
 from bosun.providers import ssh_run
 from bosun.providers.base import Command
 from bosun.providers.ssh import SshProvider
+from bosun.providers.ssh_scripts import SPARES
 from bosun.providers.tmux import session_for_run
 from tests.provider_contract import (
     PATH_ENV,
@@ -60,20 +62,40 @@ def host(sshd: SshdFleet) -> SshHost:
     return h
 
 
-class TestSshProviderContract(ProviderContract):
-    """Every rule of the Provider protocol, on a real sshd."""
+async def spares_ready(p: SshProvider, count: int = SPARES) -> None:
+    """Wait until the host session has ``count`` spares waiting."""
+    await p.session.start()
+    for _ in range(600):
+        if p.session.idle_spares >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{p.session.idle_spares} spares after 6 s, not {count}")
 
-    @pytest.fixture
+
+class TestSshProviderContract(ProviderContract):
+    """Every rule of the Provider protocol, on a real sshd: launched by the session's
+    spares (while there are some waiting) and by the session's setsid."""
+
+    @pytest.fixture(params=["spare", "setsid"])
     async def provider(
         self,
+        request: pytest.FixtureRequest,
         sshd: SshdFleet,
         host: SshHost,
         tmp_path: Path,
     ) -> AsyncIterator[SshProvider]:
         p = make_provider(sshd, host, tmp_path / "state")
+        spares = request.param == "spare"
+        p = SshProvider(host.name, p.config, str(tmp_path / "state"), spares=spares)
         await p.ensure_ready()
+        if spares:
+            await spares_ready(p)
         yield p
         await p.aclose()
+        if spares and sum(p.launches.values()):
+            assert p.launches["spare"] >= 1  # the first launch took a spare
+        else:
+            assert p.launches["spare"] == 0
 
     @pytest.fixture
     def fresh_provider(
@@ -534,3 +556,110 @@ async def test_a_launch_that_outruns_its_directories_goes_again(
         ["launch", "nodir"],
         ["launch", "ok"],
     ]
+
+
+# -- spares ------------------------------------------------------------------------------
+async def wait_until(condition: Callable[[], bool], limit: float = 10.0) -> None:
+    for _ in range(int(limit / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not within {limit}s")
+
+
+def spare_pids(host: SshHost) -> list[int]:
+    """Pids of the host's waiting spares (``/bin/sh -c SPARE bosun-spare ID``)."""
+    return [p for p, _g, a in host.processes() if a[:1] == ["/bin/sh"] and "bosun-spare" in a]
+
+
+async def test_a_launch_takes_a_waiting_spare(provider: SshProvider, host: SshHost) -> None:
+    """A spare already leads its own session: the launch hands it the words, and the
+    run is that process (no setsid, no new shell), with what the session launch gives."""
+    work = host_dir(host, "work")
+    await spares_ready(provider)
+    waiting = spare_pids(host)
+    assert len(waiting) == SPARES
+    before = session_commands(host)
+    run = await start(provider, "spare", ["sh", "-c", 'echo up; echo "$PPID"'], work)
+    assert run.ref["pid"] in waiting and run.ref["pgid"] == run.ref["pid"]
+    assert provider.launches == {"spare": 1, "setsid": 0, "exec": 0}
+    assert await wait_exit(run) == 0
+    assert (await drain(run))["stdout"] == ["up", str(run.ref["pid"])]  # the spare: its parent
+    await spares_ready(provider)  # the slot was filled again
+    assert run.ref["pid"] not in spare_pids(host) and len(spare_pids(host)) == SPARES
+    assert session_commands(host) == before  # all through the session: no exec channel
+
+
+async def test_spares_end_with_their_session(
+    provider: SshProvider, host: SshHost, sshd: SshdFleet, tmp_path: Path
+) -> None:
+    """Waiting spares hold nothing open but their FIFO: when the session shell ends
+    (bosun closes it, or it is killed) they end too, and their FIFOs go."""
+    await spares_ready(provider)
+    spares_dir = host.home / provider.config.work_dir / "spares"
+    assert len(spare_pids(host)) == SPARES and len(list(spares_dir.iterdir())) == SPARES
+    await provider.aclose()
+    await wait_until(lambda: not spare_pids(host))
+    await wait_until(lambda: not list(spares_dir.iterdir()))
+    # a session shell killed outright leaves its FIFOs: the next session removes them
+    again = make_provider(sshd, host, tmp_path / "state")
+    try:
+        await again.ensure_ready()
+        await spares_ready(again)
+        (shell,) = session_shells(host)
+        os.kill(shell, signal.SIGKILL)
+        await wait_until(lambda: not spare_pids(host))
+        assert len(list(spares_dir.iterdir())) == SPARES  # (left behind)
+        assert not await again.signal("0", 999999)  # (retried on a new session)
+        await spares_ready(again)
+        assert (
+            sorted(f.name.split(".")[0] for f in spares_dir.iterdir())
+            == [str(p) for p in session_shells(host)] * SPARES
+        )
+    finally:
+        await again.aclose()
+
+
+async def test_a_dead_spare_is_passed_over(provider: SshProvider, host: SshHost) -> None:
+    """Spares killed on the host: the launch is told so before anything is written,
+    starts the run with setsid instead, and new spares take the slots."""
+    work = host_dir(host, "work")
+    await spares_ready(provider)
+    dead = spare_pids(host)
+    for pid in dead:
+        os.kill(pid, signal.SIGKILL)
+    await wait_until(lambda: not spare_pids(host))
+    run = await start(provider, "dead", ["sh", "-c", "echo ok"], work)
+    assert provider.launches["setsid"] == 1 and run.ref["pid"] not in dead
+    assert await wait_exit(run) == 0
+    assert (await drain(run))["stdout"] == ["ok"]
+    await wait_until(lambda: provider.session.idle_spares >= 1)
+    again = await start(provider, "again", ["sh", "-c", "echo ok"], work)
+    assert provider.launches["spare"] == 1 and again.ref["pid"] not in dead
+    assert await wait_exit(again) == 0
+
+
+async def test_a_spare_that_never_answers_is_killed_not_reused(
+    provider: SshProvider, host: SshHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped spare takes no launch: the launch times out with the fix, the spare is
+    killed (it must not start that run later) and its slot gets a new one."""
+    work = host_dir(host, "work")
+    await spares_ready(provider)
+    stopped = spare_pids(host)
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    monkeypatch.setattr(ssh_module, "LAUNCH_TIMEOUT", 1.0)
+    try:
+        with pytest.raises(ProviderError, match="did not start within 1s"):
+            await start(provider, "stuck", ["sh", "-c", "echo late > late"], work)
+        await wait_until(lambda: len(set(spare_pids(host)) & set(stopped)) == SPARES - 1)
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    await wait_until(lambda: provider.session.idle_spares == SPARES)
+    await asyncio.sleep(0.5)
+    assert not (work / "late").exists()  # the killed spare never ran it, nor a new one
+    run = await start(provider, "after", ["sh", "-c", "echo ok"], work)
+    assert await wait_exit(run) == 0

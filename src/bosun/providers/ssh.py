@@ -66,6 +66,7 @@ from bosun.providers.ssh_scripts import (
     env_pairs,
     env_script,
     remote_command,
+    spare_payload,
 )
 from bosun.providers.ssh_session import HostSession
 from bosun.providers.ssh_trust import fetch_host_key, trust_host_key
@@ -84,6 +85,8 @@ _RESERVED = frozenset({"cmd.json", "stdin", "stdout", "stderr", "pid", "pgid", "
 _READY_BACKOFF_MAX = 5.0
 #: How long a launch waits for the wrapper to say it runs (a busy host may be slow).
 LAUNCH_TIMEOUT = 60.0
+#: The longest launch (in bytes of quoted words) a spare takes: the FIFO holds it at once.
+_SPARE_MAX = 32768
 #: How long ``ensure_ready`` waits for SSH after running a host's ``wake_command``.
 WAKE_READY_TIMEOUT = 180.0
 
@@ -102,6 +105,7 @@ class SshProvider:
         *,
         ready_timeout: float | None = None,
         use_setsid: bool = True,
+        spares: bool = True,
     ) -> None:
         if host_config.kind != "ssh":
             raise ProviderError(
@@ -119,7 +123,10 @@ class SshProvider:
         self._has_proc = False
         self._root: str | None = None
         self._prepare_lock = asyncio.Lock()
-        self.session = HostSession(self.link, name)
+        spare_dir = posixpath.join(host_config.work_dir, "spares") if spares else ""
+        self.session = HostSession(self.link, name, spare_dir=spare_dir)
+        #: launches so far by how they started: a spare, the session's setsid, an exec
+        self.launches = {"spare": 0, "setsid": 0, "exec": 0}
         self._probes: Coalescer[tuple[str, int, bool], Probe] = Coalescer(self._probe_runs, "probe")
 
     # -- paths ---------------------------------------------------------------------------
@@ -308,23 +315,54 @@ class SshProvider:
     ) -> RunHandle:
         """The request goes out while the directories are still being made: the SFTP
         requests left first on the same connection and usually win. When they have not
-        (``nodir``/``nocwd``: nothing was written), it goes again once they are done."""
+        (``nodir``/``nocwd``: nothing was written), it goes again once they are done.
+
+        A waiting spare of the session takes the launch when there is one (its words go
+        down its FIFO: the wrapper is already running in its own session); else the
+        session starts the wrapper with setsid."""
         env = env_pairs(command.env)
-        args = [run_dir, command.cwd, "1" if "PWD" in command.env else "0", str(1 + len(files))]
+        keep_pwd = "1" if "PWD" in command.env else "0"
+        head = [run_dir, command.cwd, keep_pwd, str(1 + len(files))]
         for name, data in {"cmd.json": meta, **files}.items():
-            args += [name, data.decode("utf-8", "surrogateescape")]
-        args += [str(len(env)), *env, *command.argv]
+            head += [name, data.decode("utf-8", "surrogateescape")]
+        lines, payload = spare_payload(
+            [str(len(env)), *env, run_dir, command.cwd, keep_pwd, *command.argv]
+        )
+        spare = self.session.take_spare() if len(payload) <= _SPARE_MAX else None
+        answer: list[str] | None = None  # the spare's launch's answer, if it has one
         try:
-            words = await self.session.call("launch", args, timeout=LAUNCH_TIMEOUT)
-            await made  # (an error making them is the one to report)
-            if words in (["nodir"], ["nocwd"]):
-                words = await self.session.call("launch", args, timeout=LAUNCH_TIMEOUT)
+            waited = False
+            while True:
+                if spare is None:
+                    args = ["0", "", *head, str(len(env)), *env, *command.argv]
+                else:
+                    args = [str(spare.slot), str(spare.pid), *head, lines, payload]
+                answer = None
+                words = answer = await self.session.call("launch", args, timeout=LAUNCH_TIMEOUT)
+                if words == ["nospare"] and spare is not None:  # it died: start one anew
+                    self.session.spare_done(spare, written=True)
+                    spare = None
+                    continue
+                if words in (["nodir"], ["nocwd"]) and not waited:
+                    waited = True
+                    await made  # (an error making them is the one to report)
+                    continue
+                break
+            await made
         except TimeoutError:
             raise ProviderError(
                 f"{command.argv[0]!r} in {run_dir} on host {self.name} did not start within "
                 f"{LAUNCH_TIMEOUT:g}s: {await self._stderr_tail(run_dir)}",
                 hint="check that /bin/sh and setsid work on the host and it is not overloaded",
             ) from None
+        finally:
+            if spare is not None:
+                # Nothing reached its FIFO: it waits on. Else a new spare takes the slot,
+                # once this one is known to have read its lines (it answered), or killed.
+                unused = answer in (["nodir"], ["nocwd"], ["used"], ["nofile"])
+                self.session.spare_done(
+                    spare, written=not unused, answered=answer is not None and answer[:1] == ["ok"]
+                )
         if words == ["nodir"]:
             raise ProviderError(
                 f"run directory {run_dir} does not exist on host {self.name}",
@@ -352,6 +390,7 @@ class SshProvider:
                 hint="check that /bin/sh and setsid work on the host",
             )
         pid = int(words[1])
+        self.launches["setsid" if spare is None else "spare"] += 1
         return SshRun(self, run_dir, pid, pid)
 
     async def _stderr_tail(self, run_dir: str) -> str:
@@ -408,6 +447,7 @@ class SshProvider:
                 f"(exit {code}): {redact(err.decode(errors='replace').strip()[-500:])}",
                 hint="check that /bin/sh and env exist on the host and the run dir is writable",
             )
+        self.launches["exec"] += 1
         return SshRun(self, run_dir, int(parts[0]), int(parts[1]))
 
     def _check_launch(self, command: Command) -> None:

@@ -24,11 +24,14 @@ __all__ = [
     "NO_PROGRAM",
     "PREPARE_SCRIPT",
     "SESSION_SCRIPT",
+    "SPARES",
+    "SPARE_SCRIPT",
     "env_pairs",
     "env_script",
     "quote",
     "remote_command",
     "session_request",
+    "spare_payload",
 ]
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -84,33 +87,98 @@ printf '%s\n%s' "$HOME" "$PATH"
 """
 
 
+#: A spare run wrapper (started ahead of need by the host session, see
+#: :data:`SESSION_SCRIPT`): ``setsid -f /bin/sh -c SPARE_SCRIPT bosun-spare ID`` with its
+#: stdin on a FIFO of the session and fd 3 on the session's stdout. It says ``ID spare
+#: PID`` at once, then waits for one launch on the FIFO: a line ``REQUEST-ID N``, then N
+#: lines that are the launch's words, each made by :func:`quote` (:func:`spare_payload`).
+#: It exports the run's variables, answers ``REQUEST-ID ok PID`` and goes on as the run's
+#: wrapper (the text of :data:`~bosun.providers.local.WRAPPER_SCRIPT` follows), so a launch
+#: costs the host no process but the agent's. End of file on the FIFO (the session shell
+#: is gone, and with it the FIFO's only writer) ends a spare that is still waiting.
+SPARE_SCRIPT = (
+    r"""echo "$1 spare $$" >&3
+IFS=' ' read -r i n || exit 0
+r=
+while [ "$n" -gt 0 ]; do
+  IFS= read -r l || exit 0
+  r="$r$l
+"
+  n=$((n - 1))
+done
+eval "set -- $r"
+n=$1; shift
+while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done
+echo "$i ok $$" >&3
+unset i n r l
+"""
+    + WRAPPER_SCRIPT
+)
+
+#: Spares a host session keeps waiting (each a FIFO held open by the session on fd 4+N).
+SPARES = 2
+
 #: The host session (:mod:`bosun.providers.ssh_session`): sent once on the stdin of
-#: ``env -i /bin/sh -s PATH`` on a channel that stays open, then followed by requests
-#: (:func:`session_request`), each a brace group calling one of these functions; the
-#: shell parses a whole group before running it, so a request cut off by a lost link
+#: ``env -i /bin/sh -s PATH SPARE_DIR`` on a channel that stays open, then followed by
+#: requests (:func:`session_request`), each a brace group calling one of these functions;
+#: the shell parses a whole group before running it, so a request cut off by a lost link
 #: never runs. Every answer is one line: the request id, then words.
 #:
 #: The shell's environment is empty (``env -i``) and its variables are not exported, so
 #: a run gets exactly the variables its launch exports, with no ``env`` or loader
-#: process. Only builtins run in the shell itself, except a launch's subshell, which
-#: exports the run's variables and becomes ``setsid -f /bin/sh -c WRAPPER`` (the wrapper
-#: of :mod:`bosun.providers.local`): setsid forks, its child starts the wrapper as the
-#: leader of a new session, and the shell goes on with the next request at once. The
-#: launch's answer comes from the wrapper itself (its ``$0`` is ``bosun-run-ID``; fd 3 is
-#: the session's stdout), once it runs in its own session, so a liveness check or a
-#: cancel right after the launch cannot miss the run. Nothing is started with ``&``: a
-#: shell without job control would start it with SIGINT and SIGQUIT ignored, and so would
-#: the agent be. The session launches only where ``setsid -f`` works (util-linux 2.31+).
+#: process. Only builtins run in the shell itself, except where a run or a spare starts:
+#: ``setsid -f /bin/sh -c WRAPPER`` (the wrapper of :mod:`bosun.providers.local`): setsid
+#: forks, its child starts the wrapper as the leader of a new session, and the shell goes
+#: on with the next request at once. The launch's answer comes from the wrapper itself
+#: (its ``$0`` is ``bosun-run-ID``; fd 3 is the session's stdout), once it runs in its own
+#: session, so a liveness check or a cancel right after the launch cannot miss the run.
+#: Nothing is started with ``&``: a shell without job control would start it with SIGINT
+#: and SIGQUIT ignored, and so would the agent be. The session launches only where
+#: ``setsid -f`` works (util-linux 2.31+).
+#:
+#: Spares (:data:`SPARE_SCRIPT`): where ``mkfifo`` works, the session makes
+#: :data:`SPARES` FIFOs ``SPARE_DIR/PID.N`` (removing those of sessions that are gone) and
+#: holds each open read-write on fd 4+N; ``refill N`` starts a spare reading FIFO N. A
+#: launch given a spare (``launch ID N SPARE_PID ...``) writes the run's files as always
+#: and then only a few lines to that FIFO: the wrapper is already running in a session of
+#: its own. No spare ever reads another's launch: bosun refills a slot only once its
+#: spare has answered (it has read all of its lines and no more), or, when a launch never
+#: had an answer, with ``refill N PID``, which kills that spare and gives the slot a new
+#: FIFO (the killed one may hold the old one a moment longer, with what it left unread).
 SESSION_SCRIPT = (
-    r"""PATH=$1; umask 077; set -f
+    r"""PATH=$1; sd=$2; umask 077; set -f
 bosun_wrapper="""
     + shlex.quote(WRAPPER_SCRIPT)
     + r"""
+bosun_spare="""
+    + shlex.quote(SPARE_SCRIPT)
+    + r"""
 proc=; [ -r /proc/self/stat ] && proc=1
+bosun_fifos() {
+  [ -n "$sd" ] || return 1
+  [ -d "$sd" ] || mkdir -p -- "$sd" 2>/dev/null || return 1
+  set -- "$sd/$$.1" "$sd/$$.2"
+  set +f
+  for f in "$sd"/*.[0-9]; do
+    set -f
+    [ -p "$f" ] || continue
+    p=${f##*/}; p=${p%.*}
+    case $p in *[!0-9]*|'') continue ;; esac
+    kill -0 "$p" 2>/dev/null || set -- "$@" "$f"
+  done
+  set -f
+  rm -f -- "$@" && mkfifo -m 600 -- "$sd/$$.1" "$sd/$$.2" 2>/dev/null || return 1
+  trap 'rm -f -- "$sd/$$.1" "$sd/$$.2"' EXIT
+  command exec 5<>"$sd/$$.1" 6<>"$sd/$$.2" 2>/dev/null
+}
 bosun_launch() {
-  i=$1; d=$2; cwd=$3; kp=$4; nf=$5; shift 5
+  i=$1; k=$2; p=$3; d=$4; cwd=$5; kp=$6; nf=$7; shift 7
   if [ ! -d "$d" ]; then echo "$i nodir"; return 0; fi
   if [ ! -d "$cwd" ]; then echo "$i nocwd"; return 0; fi
+  if [ "$k" != 0 ]; then
+    if [ -n "$proc" ]; then bosun_leader "$p"; else kill -0 "$p" 2>/dev/null; fi ||
+      { echo "$i nospare"; return 0; }
+  fi
   set -C
   if ! printf '%s' "$2" 2>/dev/null >"$d/$1"; then set +C; echo "$i used"; return 0; fi
   set +C; shift 2; nf=$((nf - 1))
@@ -118,10 +186,28 @@ bosun_launch() {
     if ! printf '%s' "$2" 2>/dev/null >"$d/$1"; then echo "$i nofile"; return 0; fi
     shift 2; nf=$((nf - 1))
   done
-  ( ne=$1; shift
-    while [ "$ne" -gt 0 ]; do export "$1"; shift; ne=$((ne - 1)); done
-    exec setsid -f /bin/sh -c "$bosun_wrapper" "bosun-run-$i" "$d" "$cwd" "$kp" "$@"
-  ) 3>&1 </dev/null >>"$d/stdout" 2>>"$d/stderr" || echo "$i failed"
+  case $k in
+  1) printf '%s %s\n%s\n' "$i" "$1" "$2" >&5 ;;
+  2) printf '%s %s\n%s\n' "$i" "$1" "$2" >&6 ;;
+  *) ( ne=$1; shift
+       while [ "$ne" -gt 0 ]; do export "$1"; shift; ne=$((ne - 1)); done
+       exec setsid -f /bin/sh -c "$bosun_wrapper" "bosun-run-$i" "$d" "$cwd" "$kp" "$@"
+     ) 3>&1 </dev/null >>"$d/stdout" 2>>"$d/stderr" 5>&- 6>&- || echo "$i failed" ;;
+  esac
+}
+bosun_refill() {
+  f="$sd/$$.$2"
+  case $2 in 1|2) ;; *) echo "$1 failed"; return 0 ;; esac
+  if [ -n "$3" ]; then
+    kill -KILL -"$3" 2>/dev/null || kill -KILL "$3" 2>/dev/null
+    case $2 in 1) exec 5>&- ;; 2) exec 6>&- ;; esac
+    rm -f -- "$f" && mkfifo -m 600 -- "$f" 2>/dev/null || { echo "$1 failed"; return 0; }
+    case $2 in 1) command exec 5<>"$f" ;; 2) command exec 6<>"$f" ;; esac 2>/dev/null ||
+      { echo "$1 failed"; return 0; }
+  fi
+  [ -p "$f" ] || { echo "$1 failed"; return 0; }
+  setsid -f /bin/sh -c "$bosun_spare" bosun-spare "$1" <"$f" 3>&1 >/dev/null 2>&1 5>&- 6>&- ||
+    echo "$1 failed"
 }
 bosun_scan() {
   live=" "
@@ -164,8 +250,9 @@ bosun_probe() {
 bosun_signal() {
   if kill -"$2" -"$3" 2>/dev/null; then echo "$1 sent"; else echo "$1 gone"; fi
 }
-if setsid -f true </dev/null >/dev/null 2>&1; then echo "0 ready setsid"
-else echo "0 ready nosetsid"; fi
+if ! setsid -f true </dev/null >/dev/null 2>&1; then echo "0 ready nosetsid"
+elif bosun_fifos; then echo "0 ready setsid spares"
+else echo "0 ready setsid"; fi
 """
 )
 
@@ -174,19 +261,15 @@ def session_request(function: str, request_id: int, args: Sequence[str]) -> byte
     """One request to the host session: ``{ bosun_FUNCTION ID 'arg'...; }`` with every
     argument made by :func:`quote`. Arguments are text; bytes that are not UTF-8 travel
     as they are (``surrogateescape``). NUL cannot cross a shell: ``ProviderError``."""
-    words = [f"bosun_{function}", str(request_id)]
-    for arg in args:
-        if "\0" in arg:
-            raise ProviderError(
-                "a value sent to the host contains a NUL byte", hint="remove it from the value"
-            )
-        words.append(quote(arg))
+    words = [f"bosun_{function}", str(request_id), *_quoted(args)]
     return ("{ " + " ".join(words) + "\n}\n").encode("utf-8", "surrogateescape")
 
 
-def quote(word: str) -> str:
-    """The one place where bosun quotes a word for a remote shell (``shlex.quote``)."""
-    return shlex.quote(word)
+def spare_payload(words: Sequence[str]) -> tuple[str, str]:
+    """What a launch hands a spare (:data:`SPARE_SCRIPT`): its number of lines and the
+    words, each made by :func:`quote`, which the spare reads back with ``eval``."""
+    text = " ".join(_quoted(words))
+    return str(text.count("\n") + 1), text
 
 
 def remote_command(argv: Sequence[str]) -> str:
@@ -195,12 +278,21 @@ def remote_command(argv: Sequence[str]) -> str:
     sshd hands the text to the user's login shell (which must be POSIX-like: sh, bash,
     dash, ksh, zsh); every element is quoted with ``shlex.quote``, so the argv arrives unchanged.
     """
-    for arg in argv:
-        if "\0" in arg:
-            raise ProviderError(
-                "a command argument contains a NUL byte", hint="remove it from the argument"
-            )
-    return "exec " + " ".join(quote(a) for a in argv)
+    return "exec " + " ".join(_quoted(argv))
+
+
+def _quoted(words: Sequence[str]) -> list[str]:
+    """Every word made by :func:`quote`; NUL cannot cross a shell: ``ProviderError``."""
+    if any("\0" in word for word in words):
+        raise ProviderError(
+            "a value sent to the host contains a NUL byte", hint="remove it from the value"
+        )
+    return [quote(word) for word in words]
+
+
+def quote(word: str) -> str:
+    """The one place where bosun quotes a word for a remote shell (``shlex.quote``)."""
+    return shlex.quote(word)
 
 
 def env_pairs(env: Mapping[str, str]) -> list[str]:

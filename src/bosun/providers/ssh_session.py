@@ -30,14 +30,15 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import asyncssh
 
 from bosun.errors import HostUnreachable, ProviderError
 from bosun.providers.ssh_conn import SshLink
-from bosun.providers.ssh_scripts import SESSION_SCRIPT, remote_command, session_request
+from bosun.providers.ssh_scripts import SESSION_SCRIPT, SPARES, remote_command, session_request
 
-__all__ = ["HostSession"]
+__all__ = ["HostSession", "Spare"]
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +47,28 @@ START_TIMEOUT = 30.0
 _STDERR_KEEP = 2000
 
 
+class Spare(NamedTuple):
+    """A spare wrapper of the session (see :data:`~bosun.providers.ssh_scripts.SPARE_SCRIPT`)."""
+
+    slot: int
+    pid: int
+    session: int  # the HostSession.starts it belongs to
+
+
 class HostSession:
     """The session shell of one host (see the module docstring)."""
 
-    def __init__(self, link: SshLink, name: str) -> None:
+    def __init__(self, link: SshLink, name: str, spare_dir: str = "") -> None:
         self.link = link
         self.name = name
         self.path = ""  # the host's PATH for the session's own commands (setsid)
+        self.spare_dir = spare_dir  # where the session makes its FIFOs ("": no spares)
         self.has_setsid = False
-        self.starts = 0  # sessions started so far
+        self.has_spares = False
+        self.starts = 0  # sessions started so far (which one a spare belongs to)
+        self._idle: dict[int, int] = {}  # slot -> pid of a spare waiting there
+        self._filling: set[int] = set()  # slots whose refill is on its way
+        self._refills: set[asyncio.Task[None]] = set()
         self._proc: asyncssh.SSHClientProcess[bytes] | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -89,10 +103,16 @@ class HostSession:
                 raise
             return await asyncio.wait_for(self._call(function, args), timeout)
 
-    async def _call(self, function: str, args: Sequence[str]) -> list[str]:
+    async def _call(
+        self, function: str, args: Sequence[str], *, session: int | None = None
+    ) -> list[str]:
         request_id = next(self._ids)
         data = session_request(function, request_id, args)
+        if session is not None and (session != self.starts or not self.running):
+            raise self._ended(None)  # meant for a session that has ended
         proc = await self._ensure()
+        if session is not None and session != self.starts:
+            raise self._ended(None)
         fut: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = fut
         try:
@@ -120,7 +140,9 @@ class HostSession:
                 return self._proc
             await self._stop()
             proc = await self.link.start_process(
-                remote_command(["env", "-i", "/bin/sh", "-s", self.path or "/usr/bin:/bin"])
+                remote_command(
+                    ["env", "-i", "/bin/sh", "-s", self.path or "/usr/bin:/bin", self.spare_dir]
+                )
             )
             self._err_tail = b""
             try:
@@ -137,14 +159,71 @@ class HostSession:
                     f"(said {ready[:200]!r})",
                     hint="check that /bin/sh and env work for the remote user",
                 )
-            self.has_setsid = words[2:] == ["setsid"]
+            self.has_setsid = words[2:3] == ["setsid"]
+            self.has_spares = words[3:] == ["spares"]
             self._proc, self._conn = proc, conn
             self.starts += 1
+            if self.has_spares:
+                for slot in range(1, SPARES + 1):
+                    self._start_refill(slot)
             self._reader = asyncio.create_task(self._read(proc), name=f"bosun-session-{self.name}")
             self._stderr = asyncio.create_task(
                 self._drain(proc), name=f"bosun-session-err-{self.name}"
             )
             return proc
+
+    @property
+    def idle_spares(self) -> int:
+        """Spares waiting for a launch now."""
+        return len(self._idle) if self.running else 0
+
+    # -- spares ----------------------------------------------------------------------------
+    def take_spare(self) -> Spare | None:
+        """A waiting spare, now the caller's to launch with, or None. The caller hands it
+        back with :meth:`spare_done` once its launch has an answer."""
+        if not self._idle or not self.running:
+            return None
+        slot, pid = self._idle.popitem()
+        return Spare(slot, pid, self.starts)
+
+    def spare_done(self, spare: Spare, *, written: bool, answered: bool = True) -> None:
+        """``written``: the launch reached the spare's FIFO; then a new spare takes the
+        slot (``answered`` False: the spare never answered; it is killed first). Else the
+        spare still waits and goes back to the pool."""
+        if spare.session != self.starts:
+            return  # that session has ended; the new one fills its own slots
+        if not written:
+            self._idle[spare.slot] = spare.pid
+        else:
+            self._start_refill(spare.slot, None if answered else spare.pid)
+
+    def _start_refill(self, slot: int, kill: int | None = None) -> None:
+        """Start a new spare in ``slot`` of the running session, in the background: only
+        once the slot's last spare has answered its launch (it has read all of its
+        lines), or with ``kill``, that spare's pid, killed first."""
+        if slot in self._filling:
+            return
+        self._filling.add(slot)
+        task = asyncio.create_task(self._refill(slot, kill, self.starts))
+        self._refills.add(task)
+        task.add_done_callback(self._refills.discard)
+
+    async def _refill(self, slot: int, kill: int | None, session: int) -> None:
+        try:
+            words = await asyncio.wait_for(
+                self._call("refill", [str(slot), str(kill or "")], session=session),
+                START_TIMEOUT,
+            )
+        except (ProviderError, TimeoutError) as exc:  # (HostUnreachable is a ProviderError)
+            log.debug("host %s: no spare in slot %s: %s", self.name, slot, exc)
+            words = []
+        if session != self.starts:
+            return  # that session has ended; the new one fills its own slots
+        self._filling.discard(slot)
+        if len(words) == 2 and words[0] == "spare" and words[1].isdigit():
+            self._idle[slot] = int(words[1])
+        else:
+            log.debug("host %s: no spare in slot %s (%s)", self.name, slot, " ".join(words))
 
     async def _read(self, proc: asyncssh.SSHClientProcess[bytes]) -> None:
         error: BaseException | None = None
@@ -190,6 +269,8 @@ class HostSession:
 
     async def _stop(self) -> None:
         proc, self._proc = self._proc, None
+        self._idle.clear()
+        self._filling.clear()
         for task in (self._reader, self._stderr):
             if task is not None:
                 task.cancel()
@@ -202,4 +283,7 @@ class HostSession:
                 fut.set_exception(ended)
 
     async def aclose(self) -> None:
+        for task in list(self._refills):
+            task.cancel()
+        await asyncio.gather(*self._refills, return_exceptions=True)
         await self._stop()
