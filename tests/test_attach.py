@@ -332,22 +332,26 @@ async def test_plan_attach_follows_or_says_why(state: Path) -> None:
 
 
 def test_ssh_attach_argv_uses_the_hosts_settings(tmp_path: Path) -> None:
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text("Host gpu1.example\n  UserKnownHostsFile ~/fleet_hosts\n")
     host = HostConfig(
         kind="ssh",
         address="dev@gpu1.example:2222",
         identity_file="/keys/id one",
         known_hosts="/etc/bosun/known hosts",
-        ssh_config="/cfg/ssh_config",
+        ssh_config=str(ssh_config),
         connect_timeout=7.4,
     )
     session = TmuxSession("task-3-attempt-1", "/home/dev/.bosun/runs/it's here/tmux.sock")
     argv = ssh_attach_argv(host, session, str(tmp_path), ssh="/usr/bin/ssh")
-    home_known = str(Path("~/.ssh/known_hosts").expanduser())
+    # the files bosun trusts: the ssh config's (and ssh's global ones), its own, the host's
+    theirs = str(Path("~/fleet_hosts").expanduser())
+    known = f"{theirs} /etc/ssh/ssh_known_hosts /etc/ssh/ssh_known_hosts2 {tmp_path}/known_hosts"
     assert argv == [
         "/usr/bin/ssh",
         "-t",
         "-F",
-        "/cfg/ssh_config",
+        str(ssh_config),
         "-p",
         "2222",
         "-i",
@@ -355,7 +359,7 @@ def test_ssh_attach_argv_uses_the_hosts_settings(tmp_path: Path) -> None:
         "-o",
         "StrictHostKeyChecking=yes",
         "-o",
-        f'UserKnownHostsFile={home_known} {tmp_path}/known_hosts "/etc/bosun/known hosts"',
+        f'UserKnownHostsFile={known} "/etc/bosun/known hosts"',
         "-o",
         "ConnectTimeout=7",
         "-l",

@@ -93,8 +93,9 @@ def ssh_attach_argv(
 
     The same settings as bosun's own connection (:mod:`bosun.providers.ssh_conn`): the
     ssh config file (``-F``), user and port of the address, the identity file, strict
-    host keys against the known_hosts files bosun reads (``~/.ssh/known_hosts``,
-    ``<state_dir>/known_hosts``, the host's ``known_hosts``), or no host key checking where
+    host keys against the known_hosts files bosun reads (those the ssh config names for
+    the host, ``<state_dir>/known_hosts``, the host's ``known_hosts``: see
+    :func:`bosun.providers.ssh_keys.known_hosts_files`), or no host key checking where
     ``strict_host_keys = false``. The remote command crosses the remote user's shell, so it
     is the one place here where each argument is quoted (:func:`shlex.join`).
     """

@@ -242,10 +242,12 @@ class SshLink:
             opts["client_keys"] = [str(path)]
         return opts
 
-    def _check(self) -> KnownHostsCheck | None:
+    async def _check(self) -> KnownHostsCheck | None:
         if not self.cfg.strict_host_keys:
             return None
-        return KnownHostsCheck(ssh_keys.known_hosts_files(self.cfg, self.state_dir))
+        # (reading the ssh config may run its `Match exec` commands: not on the loop)
+        files = await asyncio.to_thread(ssh_keys.known_hosts_files, self.cfg, self.state_dir)
+        return KnownHostsCheck(files)
 
     async def connection(self, *, wait: bool = False) -> asyncssh.SSHClientConnection:
         """The live connection, connecting first if needed. While a failed attempt's
@@ -280,7 +282,7 @@ class SshLink:
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
         opts = self._options()
-        check = self._check()
+        check = await self._check()
         try:
             conn = await asyncssh.connect(
                 self.target.host,

@@ -2,8 +2,14 @@
 
 bosun trusts a host key found in any of these known_hosts files (OpenSSH format):
 
-1. ``~/.ssh/known_hosts`` (what ``ssh`` itself trusts),
-2. ``<state_dir>/known_hosts`` (bosun's own: ``bosun hosts trust HOST`` appends there),
+1. the files ``ssh`` itself reads for the host, by the ssh config bosun uses for it
+   (``ssh_config``, else ``~/.ssh/config``): ``UserKnownHostsFile`` (default
+   ``~/.ssh/known_hosts ~/.ssh/known_hosts2``) and ``GlobalKnownHostsFile`` (default
+   ``/etc/ssh/ssh_known_hosts /etc/ssh/ssh_known_hosts2``), each possibly ``none`` or
+   several files, expanded as OpenSSH expands them (``~``, ``%d``, ``%h``, ``%u``, ...,
+   ``${VAR}`` in ``UserKnownHostsFile``; only ``~`` in ``GlobalKnownHostsFile``): see
+   :func:`ssh_known_hosts`;
+2. ``<state_dir>/known_hosts`` (bosun's own: ``bosun hosts trust HOST`` appends there);
 3. the host's ``known_hosts`` setting in ``bosun.toml``.
 
 During the handshake asyncssh asks :class:`KnownHostsCheck` which keys are trusted for the
@@ -16,16 +22,21 @@ off for one host.
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import os
-from collections.abc import Sequence
+import pwd
+import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import asyncssh
+from asyncssh.config import SSHClientConfig
 
 from bosun.config import HostConfig
-from bosun.errors import HostKeyError, ProviderError
+from bosun.errors import ConfigError, HostKeyError, ProviderError
 
 __all__ = [
     "HostKey",
@@ -33,9 +44,15 @@ __all__ = [
     "host_key_of",
     "known_hosts_files",
     "known_hosts_pattern",
+    "own_known_hosts",
+    "ssh_known_hosts",
 ]
 
 DEFAULT_PORT = 22
+
+#: What ``ssh`` reads when its config names no file (ssh_config(5)).
+DEFAULT_USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+DEFAULT_GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 
 
 class HostKey(NamedTuple):
@@ -57,16 +74,179 @@ def host_key_of(key: asyncssh.SSHKey, host: str, port: int | None) -> HostKey:
     return HostKey(key_type, key.get_fingerprint("sha256"), f"{pattern} {key_type} {blob}")
 
 
-def user_known_hosts() -> Path:
-    return Path.home() / ".ssh" / "known_hosts"
+def own_known_hosts(state_dir: str | os.PathLike[str]) -> Path:
+    """bosun's own known_hosts file, where ``bosun hosts trust`` writes."""
+    return Path(state_dir) / "known_hosts"
 
 
 def known_hosts_files(cfg: HostConfig, state_dir: str | os.PathLike[str]) -> list[Path]:
-    """Every known_hosts file bosun reads for ``cfg`` (existing or not), in order."""
-    files = [user_known_hosts(), Path(state_dir) / "known_hosts"]
+    """Every known_hosts file bosun reads for ``cfg`` (existing or not), in order, each
+    once: those of the ssh config (:func:`ssh_known_hosts`), bosun's own, the host's
+    ``known_hosts`` setting."""
+    files = [*ssh_known_hosts(cfg), own_known_hosts(state_dir)]
     if cfg.known_hosts:
         files.append(Path(cfg.known_hosts).expanduser())
-    return files
+    return list(dict.fromkeys(files))
+
+
+def ssh_config_files(cfg: HostConfig) -> list[Path]:
+    """The ssh config files bosun's connection to ``cfg`` reads (as asyncssh does):
+    ``ssh_config``, else ``~/.ssh/config`` when it is readable, else none."""
+    if cfg.ssh_config:
+        path = Path(cfg.ssh_config).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"ssh_config {path} does not exist",
+                "fix the path, or remove ssh_config to use ~/.ssh/config",
+            )
+        return [path]
+    default = Path.home() / ".ssh" / "config"
+    return [default] if os.access(default, os.R_OK) else []
+
+
+def ssh_known_hosts(cfg: HostConfig) -> list[Path]:
+    """The known_hosts files ``ssh`` reads for the host of ``cfg``, by the ssh config
+    bosun uses for it: ``UserKnownHostsFile`` then ``GlobalKnownHostsFile`` (the first
+    value set for the host wins; ``none``: no file; unset: OpenSSH's defaults). As in
+    OpenSSH 9, ``UserKnownHostsFile`` gets ``~``, ``${VAR}`` and the ``%`` tokens of
+    ssh_config(5) (``%%``, ``%C``, ``%d``, ``%h``, ``%i``, ``%j``, ``%k``, ``%L``, ``%l``,
+    ``%n``, ``%p``, ``%r``, ``%u``) and ``GlobalKnownHostsFile`` only ``~``. ``~`` and
+    ``%d`` are ``$HOME`` (where bosun reads ``~/.ssh/config`` too; ``ssh`` takes the
+    passwd entry's home, the same unless ``$HOME`` was changed). An unknown token or an
+    unset variable is a ``ConfigError``, as ``ssh`` refuses to run then."""
+    from bosun.providers.ssh_conn import parse_address  # (ssh_conn imports this module)
+
+    if cfg.address is None:
+        raise ConfigError("an ssh host has no address", 'add address = "user@host"')
+    target = parse_address(cfg.address)
+    paths = ssh_config_files(cfg)
+    local_user = _local_user()
+    try:
+        config = _load_config(paths, local_user, target.host, target.user, target.port)
+    except ValueError as exc:  # asyncssh's ConfigParseError, an unsafe user name, ...
+        where = ", ".join(map(str, paths)) or "the ssh config"
+        raise ConfigError(
+            f"cannot read {where}: {exc}", "fix the ssh config (`ssh -G HOST` checks it)"
+        ) from exc
+    user_files = _config_list(config.get("UserKnownHostsFile"), DEFAULT_USER_KNOWN_HOSTS)
+    global_files = _config_list(config.get("GlobalKnownHostsFile"), DEFAULT_GLOBAL_KNOWN_HOSTS)
+    if not user_files and not global_files:
+        return []
+    home = str(Path.home())
+    host = str(config.get("Hostname") or target.host).lower()
+    port = str(config.get("Port") or DEFAULT_PORT)
+    remote_user = str(config.get("User") or getpass.getuser())
+    jump = str(config.get("ProxyJump") or "")
+    if jump.lower() == "none":
+        jump = ""
+    this_host = socket.gethostname()
+    alias = config.get("HostKeyAlias")
+    tokens = {
+        "%": "%",
+        "C": hashlib.sha1(  # OpenSSH's %C (a name, not a security use)
+            f"{this_host}{host}{port}{remote_user}{jump}".encode(), usedforsecurity=False
+        ).hexdigest(),
+        "d": home,
+        "h": host,
+        "i": str(os.getuid()),
+        "j": jump,
+        "k": str(alias).lower() if alias else target.host,
+        "L": this_host.split(".", 1)[0],
+        "l": this_host,
+        "n": target.host,
+        "p": port,
+        "r": remote_user,
+        "u": local_user,
+    }
+    found = [
+        Path(_expand(_tilde(f, home), tokens, option="UserKnownHostsFile")) for f in user_files
+    ]
+    found += [Path(_tilde(f, home)) for f in global_files]
+    return found
+
+
+def _local_user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return getpass.getuser()
+
+
+def _load_config(
+    paths: Sequence[Path], local_user: str, host: str, user: str | None, port: int | None
+) -> SSHClientConfig:
+    """The ssh config for ``host`` as asyncssh reads it for the connection (its
+    ``Match final`` pass included)."""
+    args = (local_user, user if user else (), host, port if port else ())
+    config = SSHClientConfig.load(None, list(paths), False, False, False, *args)
+    if config.has_match_final():
+        config = SSHClientConfig.load(config, list(paths), True, False, True, *args)
+    assert isinstance(config, SSHClientConfig)
+    return config
+
+
+def _config_list(value: object, default: Sequence[str]) -> list[str]:
+    """A file-list option's value: unset -> ``default``; ``none`` (an empty list) -> []."""
+    if value is None:
+        return list(default)
+    if isinstance(value, str):
+        return [value]
+    assert isinstance(value, list)
+    return [str(v) for v in value]
+
+
+def _tilde(path: str, home: str) -> str:
+    """``~`` and ``~/...`` -> ``$HOME``; ``~user/...`` -> that user's home."""
+    if not path.startswith("~"):
+        return path
+    head, sep, rest = path[1:].partition("/")
+    if not head:
+        return home + sep + rest
+    try:
+        return pwd.getpwnam(head).pw_dir + sep + rest
+    except KeyError:
+        raise ConfigError(
+            f"known_hosts path {path!r}: no user {head!r} on this machine",
+            "fix the path in the ssh config",
+        ) from None
+
+
+def _expand(text: str, tokens: Mapping[str, str], *, option: str) -> str:
+    """OpenSSH's ``%`` token and ``${VAR}`` expansion of ``text`` (one pass)."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "$" and text.startswith("${", i):
+            end = text.find("}", i + 2)
+            if end < 0:
+                raise _bad_expansion(option, text, "${ without }")
+            name = text[i + 2 : end]
+            value = os.environ.get(name)
+            if value is None:
+                raise _bad_expansion(option, text, f"the environment variable {name} is not set")
+            out.append(value)
+            i = end + 1
+        elif c == "%":
+            if i + 1 >= len(text):
+                raise _bad_expansion(option, text, "it ends with a lone %")
+            key = text[i + 1]
+            if key not in tokens:
+                raise _bad_expansion(option, text, f"unknown token %{key}")
+            out.append(tokens[key])
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def _bad_expansion(option: str, text: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"{option} {text!r} in the ssh config cannot be expanded: {why}",
+        "fix it in the ssh config (ssh refuses it too; `ssh -G HOST` shows what it makes "
+        "of the config)",
+    )
 
 
 def _load(path: Path) -> asyncssh.SSHKnownHosts | None:

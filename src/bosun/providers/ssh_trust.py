@@ -37,7 +37,7 @@ async def trust_host_key(
     host, port = await resolve(link.target, opts)
     pattern = ssh_keys.known_hosts_pattern(host, port)
     files = ssh_keys.known_hosts_files(host_config, state_dir)
-    own = files[1]
+    own = ssh_keys.own_known_hosts(state_dir)
     check = ssh_keys.KnownHostsCheck(files)
     addr = await _address_of(host)
     check(host, addr, None if port == ssh_keys.DEFAULT_PORT else port)
