@@ -529,8 +529,9 @@ async def test_cancel_kills_what_outlives_the_agent(provider: SshProvider, host:
 async def test_a_launch_that_outruns_its_directories_goes_again(
     provider: SshProvider, host: SshHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The launch request goes out while SFTP still makes the run and scratch
-    directories; when it arrives first it is refused (nothing written) and sent again."""
+    """The launch request goes out while SFTP still makes the run directory (and its
+    files' own) and the scratch directory; when it arrives first it is refused (nothing
+    written) and sent again."""
     work = host_dir(host, "work")
     real = provider.makedirs
 
@@ -548,10 +549,16 @@ async def test_a_launch_that_outruns_its_directories_goes_again(
         return words
 
     monkeypatch.setattr(provider.session, "call", spy)
-    cmd = Command(argv=("sh", "-c", "pwd"), cwd=str(work / "late" / "t1"), env=PATH_ENV)
-    run = await provider.launch(replace(cmd, make_cwd=True), await provider.run_dir("late"))
+    run_dir = await provider.run_dir("late")
+    cmd = Command(
+        argv=("sh", "-c", 'pwd; cat "$1"', "sh", f"{run_dir}/sub/deep/f"),
+        cwd=str(work / "late" / "t1"),
+        env=PATH_ENV,
+        files={"sub/deep/f": b"in a directory of its own\n"},
+    )
+    run = await provider.launch(replace(cmd, make_cwd=True), run_dir)
     assert await wait_exit(run) == 0
-    assert (await drain(run))["stdout"] == [str(work / "late" / "t1")]
+    assert (await drain(run))["stdout"] == [str(work / "late" / "t1"), "in a directory of its own"]
     assert [s.split()[:2] for s in sent if s.startswith("launch")] == [
         ["launch", "nodir"],
         ["launch", "ok"],

@@ -277,10 +277,6 @@ class SshProvider:
                 *([self.makedirs(command.cwd)] if command.make_cwd else []),
             )
         )
-        if len(run_dirs) > 1:
-            # files in directories of their own: the launch checks only the run directory
-            # and the working directory before it writes, so it must not come first
-            await made
         try:
             if (
                 command.tmux is None
@@ -288,7 +284,9 @@ class SshProvider:
                 and not any(b"\0" in data for data in files.values())
                 and await self._session_setsid()
             ):
-                return await self._launch_in_session(command, run_dir, meta_bytes, files, made)
+                return await self._launch_in_session(
+                    command, run_dir, run_dirs[1:], meta_bytes, files, made
+                )
             await made
             return await self._launch_exec(command, run_dir, meta_bytes, files)
         finally:
@@ -297,8 +295,9 @@ class SshProvider:
             await asyncio.gather(made, return_exceptions=True)
 
     async def _makedirs_in_order(self, paths: list[str]) -> None:
-        for path in paths:
-            await self.makedirs(path)
+        """Parents first, without waiting for each other: sftp-server serves a channel's
+        requests in order (and ``makedirs`` makes a parent it finds missing anyway)."""
+        await asyncio.gather(*(self.makedirs(path) for path in paths))
 
     async def _session_setsid(self) -> bool:
         """Whether the host session can launch (it needs ``setsid`` on the host)."""
@@ -309,20 +308,22 @@ class SshProvider:
         self,
         command: Command,
         run_dir: str,
+        subdirs: Sequence[str],
         meta: bytes,
         files: Mapping[str, bytes],
         made: asyncio.Future[Any],
     ) -> RunHandle:
         """The request goes out while the directories are still being made: the SFTP
-        requests left first on the same connection and usually win. When they have not
-        (``nodir``/``nocwd``: nothing was written), it goes again once they are done.
+        requests left first on the same connection and often win. When they have not
+        (``nodir``/``nocwd``: the session checked every directory the launch writes in
+        and wrote nothing), it goes again once they are done.
 
         A waiting spare of the session takes the launch when there is one (its words go
         down its FIFO: the wrapper is already running in its own session); else the
         session starts the wrapper with setsid."""
         env = env_pairs(command.env)
         keep_pwd = "1" if "PWD" in command.env else "0"
-        head = [run_dir, command.cwd, keep_pwd, str(1 + len(files))]
+        head = [run_dir, command.cwd, keep_pwd, str(len(subdirs)), *subdirs, str(1 + len(files))]
         for name, data in {"cmd.json": meta, **files}.items():
             head += [name, data.decode("utf-8", "surrogateescape")]
         lines, payload = spare_payload(

@@ -172,9 +172,14 @@ bosun_fifos() {
   command exec 5<>"$sd/$$.1" 6<>"$sd/$$.2" 2>/dev/null
 }
 bosun_launch() {
-  i=$1; k=$2; p=$3; d=$4; cwd=$5; kp=$6; nf=$7; shift 7
+  i=$1; k=$2; p=$3; d=$4; cwd=$5; kp=$6; nd=$7; shift 7
   if [ ! -d "$d" ]; then echo "$i nodir"; return 0; fi
+  while [ "$nd" -gt 0 ]; do
+    if [ ! -d "$1" ]; then echo "$i nodir"; return 0; fi
+    shift; nd=$((nd - 1))
+  done
   if [ ! -d "$cwd" ]; then echo "$i nocwd"; return 0; fi
+  nf=$1; shift
   if [ "$k" != 0 ]; then
     if [ -n "$proc" ]; then bosun_leader "$p"; else kill -0 "$p" 2>/dev/null; fi ||
       { echo "$i nospare"; return 0; }
