@@ -33,7 +33,15 @@ from bosun.models import (
     TaskSpec,
     TaskStatus,
 )
-from bosun.store.base import RUN_FIELDS, TASK_FIELDS, RunUpdate, Store, TaskFilter
+from bosun.store.base import (
+    RUN_FIELDS,
+    TASK_FIELDS,
+    ClaimRequest,
+    RunUpdate,
+    Store,
+    SubmitClaimer,
+    TaskFilter,
+)
 
 S = TaskStatus
 LEASE = 60.0
@@ -906,6 +914,100 @@ class StoreContract:
         )
         claimed = [i for r in results for i in r]
         assert sorted(claimed) == ids
+
+    # -- add_task with a claimer (a dispatcher of the same process) ----------------------
+    async def test_a_submit_is_claimed_in_its_own_transaction(self, store: Store) -> None:
+        older = await add(store, "older", priority=5)
+        started: list[list[int]] = []
+        calls: list[tuple[list[int], list[int]]] = []
+
+        def choose(offered: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+            calls.append(([t.id for t in offered], [t.id for t in running]))
+            return [(t.id, "h1") for t in offered]
+
+        def claimer() -> ClaimRequest:
+            return ClaimRequest(
+                choose, "w", LEASE, utcnow(), 10, lambda ts: started.append([t.id for t in ts])
+            )
+
+        remove = store.claim_on_submit(claimer)
+        task = await add(store, "new")
+        # the task as the transaction left it: claimed, with the older one (priority first)
+        assert task.status is S.RUNNING and task.lease_owner == "w" and task.attempt == 1
+        assert task.assigned_host == "h1"
+        assert calls == [([older.id, task.id], [])]
+        assert started == [[older.id, task.id]]
+        events = [e for e in await store.events_since(0) if e.task_id == task.id]
+        assert [(e.kind, e.data.get("to")) for e in events] == [
+            ("task.submitted", None),
+            ("task.status", "running"),
+        ]
+        assert events[0].data == {"title": "new", "status": "queued"}
+        remove()
+        plain = await add(store, "after removal")
+        assert plain.status is S.QUEUED and len(calls) == 1
+
+    async def test_a_submit_claims_only_what_the_chooser_picks_and_scopes_allow(
+        self, store: Store
+    ) -> None:
+        busy = await add(store, "busy", repo="r", scope=("src",))
+        assert await store.claim(busy.id, owner="x", host="h", lease_seconds=LEASE, now=utcnow())
+        started: list[int] = []
+        seen_running: list[list[int]] = []
+
+        def choose(offered: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+            seen_running.append([t.id for t in running])
+            return [(t.id, "h") for t in offered]
+
+        store.claim_on_submit(
+            lambda: ClaimRequest(
+                choose, "w", LEASE, utcnow(), 10, lambda ts: started.extend(t.id for t in ts)
+            )
+        )
+        inside = await add(store, "inside", repo="r", scope=("src/api",))
+        assert inside.status is S.QUEUED  # its scope overlaps a running task's
+        assert seen_running == [[busy.id]] and started == []
+        # a blocked task and a pull agent's task are not claimable: the claimer is not asked
+        blocked = await add(store, "blocked", depends_on=(busy.id,))
+        pull = await add(store, "pull", execution_mode=ExecutionMode.HTTP_PULL)
+        assert blocked.status is S.BLOCKED and pull.status is S.QUEUED
+        assert len(seen_running) == 1
+        # a claimer without a free slot: a plain submit, which wakes the dispatcher
+        store.claim_on_submit(lambda: None)
+        fired = asyncio.ensure_future(store.wait_for_work(10))
+        await asyncio.sleep(0)
+        queued = await add(store, "no slot")
+        await asyncio.wait_for(fired, 5)
+        assert queued.status is S.QUEUED and started == []
+
+    async def test_submits_claimed_at_once_by_two_instances_never_share_a_task(
+        self, store: Store, peer_store: Store
+    ) -> None:
+        queued = [(await add(store, f"q{i}")).id for i in range(10)]
+        taken: dict[str, list[int]] = {"a": [], "b": []}
+
+        def take_all(offered: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+            return [(t.id, "h") for t in offered]
+
+        def claimer(name: str) -> SubmitClaimer:
+            def started(tasks: list[Task]) -> None:
+                taken[name].extend(t.id for t in tasks)
+
+            return lambda: ClaimRequest(take_all, name, LEASE, utcnow(), 3, started)
+
+        store.claim_on_submit(claimer("a"))
+        peer_store.claim_on_submit(claimer("b"))
+        new = await asyncio.gather(
+            *(add(s, f"n{i}") for i in range(5) for s in (store, peer_store))
+        )
+        claimed = taken["a"] + taken["b"]
+        assert len(claimed) == len(set(claimed)) == 20  # 10 submits, up to 3 each
+        assert sorted(claimed) == sorted([*queued, *(t.id for t in new)])
+        for task_id in claimed:
+            events = [
+                e for e in await store.events_since(0, task_id=task_id) if e.kind == "task.status"
+            ]
+            assert [e.data["to"] for e in events] == ["running"]
 
     async def test_last_event_id_is_the_newest_cursor(
         self, store: Store, peer_store: Store

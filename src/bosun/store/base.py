@@ -97,6 +97,25 @@ RunEvents = Callable[[Run], Sequence[NewEvent]]
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """A claim that a submit makes in its own transaction, for a dispatcher of the same
+    process (``Store.claim_on_submit``): what ``claim_batch`` takes, and ``claimed``,
+    called after the COMMIT with what was claimed (never empty)."""
+
+    choose: Chooser
+    owner: str
+    lease_seconds: float
+    now: datetime
+    limit: int
+    claimed: Callable[[list[Task]], None]
+
+
+#: Asked by each submit of a task that is claimable at once: a ``ClaimRequest``, or None
+#: (no dispatcher, or it has no free slot).
+SubmitClaimer = Callable[[], ClaimRequest | None]
+
+
+@dataclass(frozen=True, slots=True)
 class TaskFilter:
     statuses: frozenset[TaskStatus] | None = None
     repo: str | None = None
@@ -116,7 +135,16 @@ class Store(Protocol):
     async def add_task(self, spec: TaskSpec, *, max_attempts: int) -> Task:
         """Store a validated spec: ``blocked`` if a dependency is not completed, else
         ``queued``; a ``task.submitted`` event in the same transaction. Unknown
-        dependency ids raise ``InputError``."""
+        dependency ids raise ``InputError``. With a claimer set (``claim_on_submit``) and
+        a queued dispatch task, the claimer's ``ClaimRequest`` (if any) is made in the
+        same transaction, as ``claim_batch`` makes it; the task is returned as it is
+        then (``running`` when it was claimed)."""
+        ...
+
+    def claim_on_submit(self, claimer: SubmitClaimer) -> Callable[[], None]:
+        """Set the claimer that ``add_task`` asks: a dispatcher of this process, so that a
+        submit is claimed without waking it first. Returns what removes it again (unless
+        another claimer was set since)."""
         ...
 
     async def get_task(self, task_id: int) -> Task:
@@ -533,6 +561,7 @@ __all__ = [
     "TOKEN_KINDS",
     "ApiToken",
     "Chooser",
+    "ClaimRequest",
     "ForgeStore",
     "HostRecord",
     "HostStore",
@@ -541,6 +570,7 @@ __all__ = [
     "RunStatus",
     "RunUpdate",
     "Store",
+    "SubmitClaimer",
     "TaskFilter",
     "TokenStore",
 ]

@@ -13,7 +13,9 @@ end of the transaction (the lock order that keeps bosun's transactions free of d
 is in ``bosun.store.dialects``).
 
 The dispatch path is a few writes per attempt, each as small as it can be: the claim
-(``claim_batch``: every claimed task and one insert of their events), the run and its
+(``claim_batch``: every claimed task and one insert of their events; or, for a submit in
+the process of a running dispatcher, ``add_task`` itself: see ``claim_on_submit``), the
+run and its
 ``run.started`` (``add_run(events=...)``), output (``append_output``), and the end: the
 run's final fields, ``run.finished`` and the task's transition in one
 (``transition(run=..., events=...)``). Writes read only what they decide on (a task's
@@ -29,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,7 +51,14 @@ from bosun.models import (
     TaskSpec,
     TaskStatus,
 )
-from bosun.store.base import Chooser, RunEvents, RunUpdate, TaskFilter
+from bosun.store.base import (
+    Chooser,
+    ClaimRequest,
+    RunEvents,
+    RunUpdate,
+    SubmitClaimer,
+    TaskFilter,
+)
 from bosun.store.rows import (
     aware,
     event_from_row,
@@ -98,9 +107,12 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
     # -- tasks ---------------------------------------------------------------------------
     @_shielded
     async def add_task(self, spec: TaskSpec, *, max_attempts: int) -> Task:
-        """Store ``spec`` as blocked (a dependency is not completed) or queued."""
+        """Store ``spec`` as blocked (a dependency is not completed) or queued; claimed in
+        the same transaction when a claimer asks for it (``claim_on_submit``)."""
         now = _utcnow()
         deps = tuple(dict.fromkeys(spec.depends_on))
+        request: ClaimRequest | None = None
+        claimed: list[Task] = []
         async with self._write() as tx:
             status = TaskStatus.QUEUED
             if deps:
@@ -117,14 +129,47 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
                     )
                 if any(s != TaskStatus.COMPLETED.value for s in found.values()):
                     status = TaskStatus.BLOCKED
+            if (
+                status is TaskStatus.QUEUED
+                and self._claimer is not None
+                and spec.execution_mode is ExecutionMode.DISPATCH
+            ):
+                request = self._claimer()
+                if request is not None:
+                    # the lock order of bosun.store.dialects: claims' lock before any row
+                    await self._ops.lock_for_claim(tx.conn)
             values = new_task_values(spec, status, max_attempts, now)
             task = task_from_row((await tx.write(_INSERT_TASK, values)).mappings().one())
             data = {"title": task.title, "status": task.status.value}
-            submitted = NewEvent("task.submitted", data, task_id=task.id)
-            await self._add_events(tx, [submitted], now, returning=False)
-            if status is TaskStatus.QUEUED:
-                tx.new_work()
-            return task
+            new = [NewEvent("task.submitted", data, task_id=task.id)]
+            if request is not None:
+                aware(request.now)
+                claimed, taken = await self._claim_in(
+                    tx,
+                    request.choose,
+                    owner=request.owner,
+                    lease_seconds=request.lease_seconds,
+                    now=request.now,
+                    limit=_positive(request.limit, "limit"),
+                )
+                new += taken
+            await self._add_events(tx, new, now, returning=False)
+            mine = next((t for t in claimed if t.id == task.id), None)
+            if status is TaskStatus.QUEUED and mine is None:
+                tx.new_work()  # (a task claimed here is no work for any dispatcher)
+        if claimed and request is not None:
+            request.claimed(claimed)
+        return task if mine is None else mine
+
+    def claim_on_submit(self, claimer: SubmitClaimer) -> Callable[[], None]:
+        """Set the claimer ``add_task`` asks (see the protocol)."""
+        self._claimer = claimer
+
+        def remove() -> None:
+            if self._claimer is claimer:
+                self._claimer = None
+
+        return remove
 
     async def get_task(self, task_id: int) -> Task:
         """The task, or ``NotFound``."""
@@ -258,42 +303,60 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
     ) -> list[Task]:
         """Plan and claim in one write transaction (see the protocol)."""
         aware(now)
-        params = {"now": now, "limit": _positive(limit, "limit")}
+        limit = _positive(limit, "limit")
         async with self._write() as tx:
             await self._ops.lock_for_claim(tx.conn)
-            # PostgreSQL: the candidates locked (SKIP LOCKED: a row another writer is
-            # changing right now is left for the next pass), so none can change under us
-            candidates = _CLAIMABLE_STMT if self._ops.row_locks else _RUNNABLE_STMT
-            offered = await _tasks(tx.conn, candidates, params)
-            if not offered:
-                choose([], [])
-                return []
-            running = await _tasks(tx.conn, _RUNNING_TASKS)
-            by_id = {t.id: t for t in offered}
-            busy = list(running)
-            claimed: list[Task] = []
-            new: list[NewEvent] = []
-            for task_id, host in choose(offered, running):
-                task = by_id.pop(task_id, None)
-                if task is None or any(
-                    scopes.collides(task.repo, task.scope, b.repo, b.scope) for b in busy
-                ):
-                    continue
-                taken, event = await self._take_row(
-                    tx,
-                    task.id,
-                    task.status,
-                    task.attempt,
-                    owner=owner,
-                    host=host,
-                    lease_seconds=lease_seconds,
-                    now=now,
-                )
-                busy.append(taken)
-                claimed.append(taken)
-                new.append(event)
+            claimed, new = await self._claim_in(
+                tx, choose, owner=owner, lease_seconds=lease_seconds, now=now, limit=limit
+            )
             await self._add_events(tx, new, now, returning=False)  # every claim's, at once
             return claimed
+
+    async def _claim_in(
+        self,
+        tx: _Tx,
+        choose: Chooser,
+        *,
+        owner: str,
+        lease_seconds: float,
+        now: datetime,
+        limit: int,
+    ) -> tuple[list[Task], list[NewEvent]]:
+        """``claim_batch`` inside a write transaction that holds ``lock_for_claim``: the
+        claimed tasks and their events, for the caller to insert with its own."""
+        params = {"now": now, "limit": limit}
+        # PostgreSQL: the candidates locked (SKIP LOCKED: a row another writer is
+        # changing right now is left for the next pass), so none can change under us
+        candidates = _CLAIMABLE_STMT if self._ops.row_locks else _RUNNABLE_STMT
+        offered = await _tasks(tx.conn, candidates, params)
+        if not offered:
+            choose([], [])
+            return [], []
+        running = await _tasks(tx.conn, _RUNNING_TASKS)
+        by_id = {t.id: t for t in offered}
+        busy = list(running)
+        claimed: list[Task] = []
+        new: list[NewEvent] = []
+        for task_id, host in choose(offered, running):
+            task = by_id.pop(task_id, None)
+            if task is None or any(
+                scopes.collides(task.repo, task.scope, b.repo, b.scope) for b in busy
+            ):
+                continue
+            taken, event = await self._take_row(
+                tx,
+                task.id,
+                task.status,
+                task.attempt,
+                owner=owner,
+                host=host,
+                lease_seconds=lease_seconds,
+                now=now,
+            )
+            busy.append(taken)
+            claimed.append(taken)
+            new.append(event)
+        return claimed, new
 
     async def _take_row(
         self,

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
 from bosun.errors import InputError, NotFound, StoreError
+from bosun.store.base import SubmitClaimer
 from bosun.store.dialects import SqliteOps, ops_for
 
 #: Execution option that makes the SQLite "begin" hook emit BEGIN IMMEDIATE.
@@ -104,6 +105,8 @@ class SqlBase:
         self._peer_work = 0
         self._peer_work_seen = 0
         self._ops = ops_for(engine)
+        # a dispatcher of this process that claims in the submit's transaction
+        self._claimer: SubmitClaimer | None = None
 
     @property
     def engine(self) -> AsyncEngine:
