@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,7 +26,7 @@ from bosun.hosts.check import ProviderFactory
 from bosun.hosts.health import Fleet, probe_timeout
 from bosun.models import ErrorKind, ExecutionMode, NewEvent, Outcome, RunStatus, Task, TaskStatus
 from bosun.providers.base import Provider
-from bosun.store.base import PullStore, Store
+from bosun.store.base import Chooser, ClaimRequest, PullStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,10 @@ class Dispatcher:
         self._watcher: asyncio.Task[None] | None = None
         self._first: asyncio.Task[None] | None = None
         self._active: dict[int, asyncio.Task[None]] = {}
+        self._active_hosts: dict[int, str] = {}  # task id -> the host of its attempt
+        # the last pass skipped a task: the next one looks at a whole batch (_schedule)
+        self._wide = True
+        self._stopping = False
         self._slot_freed = asyncio.Event()
         self._unplaceable: dict[int, str] = {}
         self._on_event = on_event
@@ -113,11 +118,14 @@ class Dispatcher:
         """Dispatch until ``stop`` is set, or (``burst``) until nothing is left to do."""
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
+        unregister: Callable[[], None] | None = None
         try:
             await self._start_hosts()
             await self.recover()
             recovered_at = unpaused_at = hosts_at = loop.time()
             await self._unpause()
+            # a submit in this process claims in its own transaction (_submit_claim)
+            unregister = self.store.claim_on_submit(self._submit_claim)
             while not stop.is_set():
                 now = loop.time()
                 if now - hosts_at >= self.settings.limits.poll_interval:
@@ -132,13 +140,16 @@ class Dispatcher:
                     # kept off the hot path: a submit should reach claim_batch directly
                     await self._unpause()
                     unpaused_at = now
-                placed, waiting, full = await self._schedule()
+                placed, waiting, again = await self._schedule()
                 if burst and not self._active and not placed and not await self._pending(waiting):
                     break
-                if placed and full:
+                if again:
                     continue  # a full batch: there may be more to place right away
                 await self._wait(stop)
         finally:
+            self._stopping = True
+            if unregister is not None:
+                unregister()
             await self._shutdown()
 
     async def recover(self) -> None:
@@ -241,8 +252,11 @@ class Dispatcher:
                     await self._after_crash(task, exc)
             finally:
                 self._active.pop(task.id, None)
+                self._active_hosts.pop(task.id, None)
                 self._slot_freed.set()
 
+        if task.assigned_host is not None:
+            self._active_hosts[task.id] = task.assigned_host
         self._active[task.id] = asyncio.create_task(guarded(), name=f"bosun-task-{task.id}")
 
     async def _after_crash(self, task: Task, exc: Exception) -> None:
@@ -310,18 +324,12 @@ class Dispatcher:
     def _hosts(self) -> list[scheduler.HostSlot]:
         return self.fleet.slots(self.ctx.unhealthy)
 
-    async def _schedule(self) -> tuple[int, int, bool]:
-        """One pass: plan and claim in one store transaction, then start what was claimed.
-        Returns (tasks started, tasks waiting on capacity, whether the batch was full)."""
+    def _chooser(self, hosts: Sequence[scheduler.HostSlot], seen: list[scheduler.Plan]) -> Chooser:
+        """``claim_batch``'s planner on ``hosts``; each plan made is appended to ``seen``."""
         lim = self.settings.limits
-        hosts = self._hosts()
         caps = scheduler.Caps(lim.max_concurrent, dict(lim.per_agent))
-        seen: list[scheduler.Plan] = []
-        offered = 0
 
         def choose(candidates: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
-            nonlocal offered
-            offered = len(candidates)
             # Pull agents' tasks use no host or cap of this dispatcher (claim_batch still
             # keeps their scope locks).
             mine = [t for t in running if t.execution_mode is ExecutionMode.DISPATCH]
@@ -329,20 +337,78 @@ class Dispatcher:
             seen.append(plan)
             return [(p.task.id, p.host) for p in plan.placements]
 
-        claimed = await self.store.claim_batch(
-            choose,
-            owner=self.owner,
-            lease_seconds=lim.lease_seconds,
-            now=self.ctx.clock(),
-            limit=BATCH,
+        return choose
+
+    def _free_slots(self, hosts: Sequence[scheduler.HostSlot]) -> int:
+        """At most how many tasks could start now: the free slots of the healthy hosts and
+        under the global cap, counting only the attempts this dispatcher follows. Other
+        dispatchers' runs only make it smaller (the plan counts them), and an attempt
+        still settling is counted until it ends, which sets ``_slot_freed``."""
+        on_host = Counter(self._active_hosts.values())
+        free = sum(
+            max(0, h.max_concurrent - on_host[h.name]) for h in hosts if h.enabled and h.healthy
         )
+        return min(free, self.settings.limits.max_concurrent - len(self._active))
+
+    def _submit_claim(self) -> ClaimRequest | None:
+        """A submit in this process claims in its own transaction (``Store.add_task``),
+        as a pass would; the attempts start the moment it commits, without a wake-up of
+        this loop. None when no slot is free (the loop's pass after the submit decides)."""
+        if self._stopping:
+            return None
+        hosts = self._hosts()
+        free = self._free_slots(hosts)
+        if free <= 0:
+            return None
+        return ClaimRequest(
+            choose=self._chooser(hosts, []),
+            owner=self.owner,
+            lease_seconds=self.settings.limits.lease_seconds,
+            now=self.ctx.clock(),
+            limit=min(BATCH, free),
+            claimed=self._start_claimed,
+        )
+
+    def _start_claimed(self, claimed: list[Task]) -> None:
+        if self._stopping:
+            return  # their leases run out (a restart on this machine takes them at once)
         for task in claimed:
             assert task.assigned_host is not None
             self._spawn(task, Attempt(self.ctx, task, task.assigned_host).start())
-        waiting = sum(1 for s in seen[0].skipped if s.waiting) if seen else 0
-        if seen:
-            await self._report_unplaceable(seen[0].skipped)
-        return len(claimed), waiting, offered == BATCH
+
+    async def _schedule(self) -> tuple[int, int, bool]:
+        """One pass: plan and claim in one store transaction, then start what was claimed.
+        Returns (tasks started, tasks waiting on capacity, whether to pass again at once).
+
+        A pass looks at as many runnable tasks as there are free slots (reading and
+        planning a batch of 64 for the one slot a finished run frees cost more than the
+        claim), and at a whole batch after a pass that skipped a task (one that cannot
+        run now may hide runnable ones behind it). With no free slot it claims nothing:
+        the end of an attempt of this dispatcher sets ``_slot_freed``, and a pass follows."""
+        hosts = self._hosts()
+        free = self._free_slots(hosts)
+        if free <= 0 and self._active:
+            return 0, 0, False
+        limit = BATCH if self._wide else max(1, min(BATCH, free))
+        seen: list[scheduler.Plan] = []
+        lim = self.settings.limits
+        claimed = await self.store.claim_batch(
+            self._chooser(hosts, seen),
+            owner=self.owner,
+            lease_seconds=lim.lease_seconds,
+            now=self.ctx.clock(),
+            limit=limit,
+        )
+        self._start_claimed(claimed)
+        plan = seen[0] if seen else None
+        offered = 0 if plan is None else len(plan.placements) + len(plan.skipped)
+        skipped = plan is not None and bool(plan.skipped)
+        narrow, self._wide = limit < BATCH, skipped
+        waiting = sum(1 for s in plan.skipped if s.waiting) if plan is not None else 0
+        if plan is not None:
+            await self._report_unplaceable(plan.skipped)
+        full = offered == limit
+        return len(claimed), waiting, full and (bool(claimed) or (narrow and skipped))
 
     async def _pending(self, waiting: int) -> bool:
         """Burst mode: is there anything worth waiting for?"""
