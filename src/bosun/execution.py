@@ -210,6 +210,10 @@ class Attempt:
                 return await self._prepare(), None
             except BosunError as exc:
                 return exc, None
+        if self.task.repo is None:
+            # A scratch directory waits on nothing (the launch makes it): one after the
+            # other, without the two tasks and the turn of the event loop of a gather.
+            return await _outcome(self._prepare()), await _outcome(self.provider.run_dir(key))
         prepared, made = await asyncio.gather(
             self._prepare(), self.provider.run_dir(key), return_exceptions=True
         )
@@ -799,6 +803,14 @@ def make_workspace(provider: Provider, settings: Settings) -> Workspace:
 def run_key(task_id: int, attempt: int) -> str:
     """The run directory's name: one per attempt, known before anything is recorded."""
     return f"task-{task_id}-attempt-{attempt}"
+
+
+async def _outcome(step: Awaitable[T]) -> T | BosunError:
+    """What ``step`` returns, or the ``BosunError`` that failed it."""
+    try:
+        return await step
+    except BosunError as exc:
+        return exc
 
 
 def _failed(outcome: T | BaseException) -> T | BosunError:
