@@ -49,6 +49,7 @@ from bosun.models import Task, TaskSpec, TaskStatus
 from bosun.scheduler import Caps, HostSlot
 from bosun.service import Service, make_providers
 from bosun.store import SqlStore, open_store
+from bosun.store.base import RunningTask
 from bosun.store.rows import new_task_values
 from bosun.store.schema import tasks
 
@@ -194,7 +195,9 @@ async def claim_cost(queued: int, claims: int, root: Path) -> list[float]:
         await seed(store, queued + claims)
         hosts = [HostSlot("local", max_concurrent=1)]
 
-        def choose(offered: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+        def choose(
+            offered: Sequence[Task], running: Sequence[RunningTask]
+        ) -> list[tuple[int, str]]:
             # one free slot per pass, whatever ran before: the same work at both sizes
             plan = scheduler.plan(offered, [], hosts, Caps(total=1))
             return [(p.task.id, p.host) for p in plan.placements]

@@ -37,6 +37,7 @@ from bosun.store.base import (
     RUN_FIELDS,
     TASK_FIELDS,
     ClaimRequest,
+    RunningTask,
     RunUpdate,
     Store,
     SubmitClaimer,
@@ -841,7 +842,9 @@ class StoreContract:
         await store.update_task(later.id, not_before=utcnow() + timedelta(hours=1))
         calls: list[tuple[list[int], list[int]]] = []
 
-        def choose(offered: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+        def choose(
+            offered: Sequence[Task], running: Sequence[RunningTask]
+        ) -> list[tuple[int, str]]:
             calls.append(([t.id for t in offered], [t.id for t in running]))
             return [(b.id, "h1"), (a.id, "h2")]
 
@@ -866,7 +869,9 @@ class StoreContract:
         docs2 = await add(store, "docs2", repo="r", scope=("docs/x.md",))
         seen_running: list[int] = []
 
-        def choose(offered: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+        def choose(
+            offered: Sequence[Task], running: Sequence[RunningTask]
+        ) -> list[tuple[int, str]]:
             seen_running.extend(t.id for t in running)
             return [(inside.id, "h"), (docs1.id, "h"), (docs2.id, "h"), (busy.id, "h"), (999, "h")]
 
@@ -878,10 +883,31 @@ class StoreContract:
         assert (await store.get_task(inside.id)).status is S.QUEUED
         assert (await store.get_task(docs2.id)).status is S.QUEUED
 
+    async def test_claim_batch_shows_the_planner_what_running_tasks_occupy(
+        self, store: Store
+    ) -> None:
+        busy = await add(store, "busy", repo="r", scope=("src", "docs"), agent="a1")
+        assert await store.claim(busy.id, owner="w", host="h9", lease_seconds=LEASE, now=utcnow())
+        await add(store, "next")
+        shown: list[RunningTask] = []
+
+        def choose(
+            offered: Sequence[Task], running: Sequence[RunningTask]
+        ) -> list[tuple[int, str]]:
+            shown.extend(running)
+            return []
+
+        await store.claim_batch(choose, owner="w", lease_seconds=LEASE, now=utcnow(), limit=5)
+        assert shown == [
+            RunningTask(busy.id, "a1", "h9", "r", ("src", "docs"), ExecutionMode.DISPATCH)
+        ]
+
     async def test_claim_batch_with_nothing_runnable_still_asks_once(self, store: Store) -> None:
         calls: list[int] = []
 
-        def choose(offered: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+        def choose(
+            offered: Sequence[Task], running: Sequence[RunningTask]
+        ) -> list[tuple[int, str]]:
             calls.append(len(offered))
             return []
 
@@ -896,7 +922,9 @@ class StoreContract:
     ) -> None:
         ids = [(await add(store, f"t{i}")).id for i in range(30)]
 
-        def take_two(offered: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+        def take_two(
+            offered: Sequence[Task], running: Sequence[RunningTask]
+        ) -> list[tuple[int, str]]:
             return [(t.id, "h") for t in offered[:2]]
 
         async def worker(s: Store, name: str) -> list[int]:
@@ -921,7 +949,9 @@ class StoreContract:
         started: list[list[int]] = []
         calls: list[tuple[list[int], list[int]]] = []
 
-        def choose(offered: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+        def choose(
+            offered: Sequence[Task], running: Sequence[RunningTask]
+        ) -> list[tuple[int, str]]:
             calls.append(([t.id for t in offered], [t.id for t in running]))
             return [(t.id, "h1") for t in offered]
 
@@ -955,7 +985,9 @@ class StoreContract:
         started: list[int] = []
         seen_running: list[list[int]] = []
 
-        def choose(offered: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+        def choose(
+            offered: Sequence[Task], running: Sequence[RunningTask]
+        ) -> list[tuple[int, str]]:
             seen_running.append([t.id for t in running])
             return [(t.id, "h") for t in offered]
 
@@ -986,7 +1018,9 @@ class StoreContract:
         queued = [(await add(store, f"q{i}")).id for i in range(10)]
         taken: dict[str, list[int]] = {"a": [], "b": []}
 
-        def take_all(offered: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+        def take_all(
+            offered: Sequence[Task], running: Sequence[RunningTask]
+        ) -> list[tuple[int, str]]:
             return [(t.id, "h") for t in offered]
 
         def claimer(name: str) -> SubmitClaimer:

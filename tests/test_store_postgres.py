@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from bosun.errors import InvalidTransition, StoreError
 from bosun.models import NewEvent, Task, TaskSpec, TaskStatus
 from bosun.store import SqlStore, dialects, open_store
-from bosun.store.base import TaskFilter
+from bosun.store.base import RunningTask, TaskFilter
 from bosun.store.connect import alembic_config
 from bosun.store.schema import metadata
 from tests.contract_forge import ForgeStoreContract
@@ -287,7 +287,9 @@ async def test_scope_locks_hold_across_stores(store: SqlStore, peer_store: SqlSt
             for i in range(12)
         ]
 
-        def take_all(offered: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+        def take_all(
+            offered: Sequence[Task], running: Sequence[RunningTask]
+        ) -> list[tuple[int, str]]:
             return [(t.id, "h") for t in offered]
 
         async def batch(s: SqlStore) -> None:
@@ -348,7 +350,7 @@ async def test_concurrent_writers_lose_no_update(store: SqlStore, peer_store: Sq
     queued = [(await add(store, f"q{i}")).id for i in range(30)]
     runs = [await store.add_run(p.id, attempt=1, host="h", agent="a", ref={}) for p in parents]
 
-    def take_two(offered: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+    def take_two(offered: Sequence[Task], running: Sequence[RunningTask]) -> list[tuple[int, str]]:
         return [(t.id, "h") for t in offered[:2]]
 
     async def claimer(s: SqlStore) -> None:

@@ -26,7 +26,7 @@ from bosun.hosts.check import ProviderFactory
 from bosun.hosts.health import Fleet, probe_timeout
 from bosun.models import ErrorKind, ExecutionMode, NewEvent, Outcome, RunStatus, Task, TaskStatus
 from bosun.providers.base import Provider
-from bosun.store.base import Chooser, ClaimRequest, PullStore, Store
+from bosun.store.base import Chooser, ClaimRequest, PullStore, RunningTask, Store
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,9 @@ class Dispatcher:
         lim = self.settings.limits
         caps = scheduler.Caps(lim.max_concurrent, dict(lim.per_agent))
 
-        def choose(candidates: Sequence[Task], running: Sequence[Task]) -> list[tuple[int, str]]:
+        def choose(
+            candidates: Sequence[Task], running: Sequence[RunningTask]
+        ) -> list[tuple[int, str]]:
             # Pull agents' tasks use no host or cap of this dispatcher (claim_batch still
             # keeps their scope locks).
             mine = [t for t in running if t.execution_mode is ExecutionMode.DISPATCH]

@@ -11,9 +11,28 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from bosun.models import Task
+from bosun.models import ExecutionMode, Task
 from bosun.scopes import collides
+
+
+class Occupant(Protocol):
+    """What ``plan`` reads of a running task (a ``Task`` is one; the store's claim hands
+    the planner ``RunningTask`` rows, which carry only this)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def agent(self) -> str: ...
+    @property
+    def assigned_host(self) -> str | None: ...
+    @property
+    def repo(self) -> str | None: ...
+    @property
+    def scope(self) -> tuple[str, ...]: ...
+    @property
+    def execution_mode(self) -> ExecutionMode: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +95,7 @@ def eligible(task: Task, host: HostSlot) -> bool:
 
 def plan(
     candidates: Sequence[Task],
-    running: Sequence[Task],
+    running: Sequence[Occupant],
     hosts: Sequence[HostSlot],
     caps: Caps,
 ) -> Plan:
@@ -91,7 +110,7 @@ def plan(
     by_host: Counter[str] = Counter(t.assigned_host for t in running if t.assigned_host)
     by_agent: Counter[str] = Counter(t.agent for t in running)
     total = len(running)
-    busy: list[Task] = list(running)
+    busy: list[Occupant] = list(running)
     placements: list[Placement] = []
     skipped: list[Skip] = []
     for task in candidates:

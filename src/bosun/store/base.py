@@ -36,8 +36,22 @@ from bosun.models import (
     TaskStatus,
 )
 
+
+@dataclass(frozen=True, slots=True)
+class RunningTask:
+    """A running task as ``claim_batch`` shows it to its planner: what placement and the
+    scope locks read (``bosun.scheduler.Occupant``), not the whole row."""
+
+    id: int
+    agent: str
+    assigned_host: str | None
+    repo: str | None
+    scope: tuple[str, ...]
+    execution_mode: ExecutionMode
+
+
 #: ``claim_batch``'s planner: (offered runnable tasks, running tasks) -> (task id, host) picks.
-Chooser = Callable[[Sequence[Task], Sequence[Task]], Sequence[tuple[int, str]]]
+Chooser = Callable[[Sequence[Task], Sequence[RunningTask]], Sequence[tuple[int, str]]]
 
 #: Task columns that ``transition`` / ``update_task`` may set.
 TASK_FIELDS = frozenset(
@@ -569,6 +583,7 @@ __all__ = [
     "RunEvents",
     "RunStatus",
     "RunUpdate",
+    "RunningTask",
     "Store",
     "SubmitClaimer",
     "TaskFilter",

@@ -51,10 +51,12 @@ from bosun.models import (
     TaskSpec,
     TaskStatus,
 )
+from bosun.scheduler import Occupant
 from bosun.store.base import (
     Chooser,
     ClaimRequest,
     RunEvents,
+    RunningTask,
     RunUpdate,
     SubmitClaimer,
     TaskFilter,
@@ -332,9 +334,12 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
         if not offered:
             choose([], [])
             return [], []
-        running = await _tasks(tx.conn, _RUNNING_TASKS)
+        running = [
+            RunningTask(r[0], r[1], r[2], r[3], tuple(r[4]), ExecutionMode(r[5]))
+            for r in await tx.conn.execute(_RUNNING_OCCUPANTS)
+        ]
         by_id = {t.id: t for t in offered}
-        busy = list(running)
+        busy: list[Occupant] = list(running)
         claimed: list[Task] = []
         new: list[NewEvent] = []
         for task_id, host in choose(offered, running):
@@ -841,7 +846,16 @@ _TASK_STATE_FOR_UPDATE = (
     .where(tasks.c.id == sa.bindparam("task_id"))
     .with_for_update(key_share=True)
 )
-_RUNNING_TASKS = sa.select(tasks).where(tasks.c.status == _RUNNING)
+# what a claim's planner reads of the running tasks (RunningTask): a whole row cost 15 us
+# to fetch and 7 to convert, 32 of them on every claim of a busy dispatcher
+_RUNNING_OCCUPANTS = sa.select(
+    tasks.c.id,
+    tasks.c.agent,
+    tasks.c.assigned_host,
+    tasks.c.repo,
+    tasks.c.scope,
+    tasks.c.execution_mode,
+).where(tasks.c.status == _RUNNING)
 _EVENTS_SINCE = (
     sa.select(events)
     .where(events.c.id > sa.bindparam("cursor"))
