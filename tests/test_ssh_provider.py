@@ -526,12 +526,11 @@ async def test_cancel_kills_what_outlives_the_agent(provider: SshProvider, host:
     assert [a for _p, g, a in host.processes() if g == run.ref["pgid"]] == []
 
 
-async def test_a_launch_that_outruns_its_directories_goes_again(
+async def test_a_launch_waits_for_its_directories(
     provider: SshProvider, host: SshHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The launch request goes out while SFTP still makes the run directory (and its
-    files' own) and the scratch directory; when it arrives first it is refused (nothing
-    written) and sent again."""
+    """SFTP makes the run directory, its files' own and the scratch directory slowly:
+    the launch request goes out once they exist, and once only."""
     work = host_dir(host, "work")
     real = provider.makedirs
 
@@ -559,10 +558,7 @@ async def test_a_launch_that_outruns_its_directories_goes_again(
     run = await provider.launch(replace(cmd, make_cwd=True), run_dir)
     assert await wait_exit(run) == 0
     assert (await drain(run))["stdout"] == [str(work / "late" / "t1"), "in a directory of its own"]
-    assert [s.split()[:2] for s in sent if s.startswith("launch")] == [
-        ["launch", "nodir"],
-        ["launch", "ok"],
-    ]
+    assert [s.split()[:2] for s in sent if s.startswith("launch")] == [["launch", "ok"]]
 
 
 # -- spares ------------------------------------------------------------------------------

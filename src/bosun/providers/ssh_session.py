@@ -96,12 +96,15 @@ class HostSession:
         shell was killed), send it once more on a new session; only for requests that
         may run twice (a probe, a signal), never for a launch. ``timeout``: seconds to
         wait for the answer (``TimeoutError``)."""
+        # (asyncio.timeout, not wait_for: no task of its own, so no turn of a busy loop)
         try:
-            return await asyncio.wait_for(self._call(function, args), timeout)
+            async with asyncio.timeout(timeout):
+                return await self._call(function, args)
         except ProviderError:
             if not retry or not self.link.connected:
                 raise
-            return await asyncio.wait_for(self._call(function, args), timeout)
+        async with asyncio.timeout(timeout):
+            return await self._call(function, args)
 
     async def _call(
         self, function: str, args: Sequence[str], *, session: int | None = None
@@ -210,10 +213,8 @@ class HostSession:
 
     async def _refill(self, slot: int, kill: int | None, session: int) -> None:
         try:
-            words = await asyncio.wait_for(
-                self._call("refill", [str(slot), str(kill or "")], session=session),
-                START_TIMEOUT,
-            )
+            async with asyncio.timeout(START_TIMEOUT):
+                words = await self._call("refill", [str(slot), str(kill or "")], session=session)
         except (ProviderError, TimeoutError) as exc:  # (HostUnreachable is a ProviderError)
             log.debug("host %s: no spare in slot %s: %s", self.name, slot, exc)
             words = []
