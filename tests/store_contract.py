@@ -1012,10 +1012,33 @@ class StoreContract:
         await asyncio.wait_for(fired, 5)
         assert queued.status is S.QUEUED and started == []
 
+    async def test_a_submit_claims_for_itself_not_for_a_backlog(self, store: Store) -> None:
+        backlog = [(await add(store, f"q{i}")).id for i in range(3)]
+        started: list[int] = []
+
+        def take_all(
+            offered: Sequence[Task], running: Sequence[RunningTask]
+        ) -> list[tuple[int, str]]:
+            return [(t.id, "h") for t in offered]
+
+        store.claim_on_submit(
+            lambda: ClaimRequest(
+                take_all, "w", LEASE, utcnow(), 2, lambda ts: started.extend(t.id for t in ts)
+            )
+        )
+        # two slots, and older tasks come first: the new one is not placed, so nothing is
+        fired = asyncio.ensure_future(store.wait_for_work(10))
+        await asyncio.sleep(0)
+        behind = await add(store, "behind")
+        await asyncio.wait_for(fired, 5)
+        assert behind.status is S.QUEUED and started == []
+        # placed along with older ones (a higher priority): all of them are claimed
+        urgent = await add(store, "urgent", priority=9)
+        assert urgent.status is S.RUNNING and started == [urgent.id, backlog[0]]
+
     async def test_submits_claimed_at_once_by_two_instances_never_share_a_task(
         self, store: Store, peer_store: Store
     ) -> None:
-        queued = [(await add(store, f"q{i}")).id for i in range(10)]
         taken: dict[str, list[int]] = {"a": [], "b": []}
 
         def take_all(
@@ -1032,16 +1055,15 @@ class StoreContract:
         store.claim_on_submit(claimer("a"))
         peer_store.claim_on_submit(claimer("b"))
         new = await asyncio.gather(
-            *(add(s, f"n{i}") for i in range(5) for s in (store, peer_store))
+            *(add(s, f"n{i}") for i in range(10) for s in (store, peer_store))
         )
         claimed = taken["a"] + taken["b"]
-        assert len(claimed) == len(set(claimed)) == 20  # 10 submits, up to 3 each
-        assert sorted(claimed) == sorted([*queued, *(t.id for t in new)])
+        assert len(claimed) == len(set(claimed)) == 20
+        assert sorted(claimed) == sorted(t.id for t in new)
+        assert all(t.status is S.RUNNING for t in new)
         for task_id in claimed:
-            events = [
-                e for e in await store.events_since(0, task_id=task_id) if e.kind == "task.status"
-            ]
-            assert [e.data["to"] for e in events] == ["running"]
+            events = await store.events_since(0, task_id=task_id)
+            assert [e.data["to"] for e in events if e.kind == "task.status"] == ["running"]
 
     async def test_last_event_id_is_the_newest_cursor(
         self, store: Store, peer_store: Store

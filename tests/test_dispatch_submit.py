@@ -3,7 +3,8 @@
 Real SQLite, real processes (the local provider). What is checked: the submit comes back
 claimed by that dispatcher and runs; the caps still hold (a submit with no free slot stays
 queued and runs once a slot frees); a task that cannot be claimed yet (dependencies) is
-left to the dispatcher's own pass; a stopped dispatcher claims nothing on submit.
+left to the dispatcher's own pass; a stopped dispatcher claims nothing on submit; a busy
+one (as many slots taken as free) leaves a submit to its pass.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ async def serving(svc: Service) -> AsyncIterator[Dispatcher]:
         else:
             raise AssertionError("the dispatcher never claimed a submit")
         await until(svc, probe.id, S.COMPLETED)
+        async with asyncio.timeout(30):
+            while dispatcher._active:  # its attempt settled: the dispatcher is idle
+                await asyncio.sleep(0.01)
         yield dispatcher
     finally:
         stop.set()
@@ -104,3 +108,19 @@ async def test_a_stopped_dispatcher_claims_nothing_on_submit(
             pass
         task = await svc.submit(TaskSpec(title="after stop", agent="quick"))
         assert task.status is S.QUEUED and task.lease_owner is None
+
+
+async def test_a_busy_dispatcher_leaves_submits_to_its_pass(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(agents=AGENTS, hosts={"local": {"kind": "local", "max_concurrent": 3}})
+    async with await Service.open(settings) as svc, serving(svc):
+        first = await svc.submit(TaskSpec(title="slow 1", agent="slow"))
+        second = await svc.submit(TaskSpec(title="slow 2", agent="slow"))
+        third = await svc.submit(TaskSpec(title="slow 3", agent="slow"))
+        assert first.status is S.RUNNING  # 0 taken, 3 free
+        assert second.status is S.RUNNING  # 1 taken, 2 free
+        assert third.status is S.QUEUED  # 2 taken, 1 free: the pass claims it
+        await until(svc, third.id, S.RUNNING)
+        for task in (first, second, third):
+            await svc.cancel(task.id)

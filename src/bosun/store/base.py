@@ -151,8 +151,9 @@ class Store(Protocol):
         ``queued``; a ``task.submitted`` event in the same transaction. Unknown
         dependency ids raise ``InputError``. With a claimer set (``claim_on_submit``) and
         a queued dispatch task, the claimer's ``ClaimRequest`` (if any) is made in the
-        same transaction, as ``claim_batch`` makes it; the task is returned as it is
-        then (``running`` when it was claimed)."""
+        same transaction, as ``claim_batch`` makes it, if its chooser places the new task
+        (else nothing is claimed); the task is returned as it is then (``running`` when
+        it was claimed)."""
         ...
 
     def claim_on_submit(self, claimer: SubmitClaimer) -> Callable[[], None]:

@@ -146,9 +146,19 @@ class SqlStore(TokenMethods, HostMethods, PullMethods, ForgeMethods, SqlBase):
             new = [NewEvent("task.submitted", data, task_id=task.id)]
             if request is not None:
                 aware(request.now)
+                chosen = request.choose
+
+                def choose(
+                    offered: Sequence[Task], running: Sequence[RunningTask]
+                ) -> Sequence[tuple[int, str]]:
+                    # A submit claims for itself, not for a backlog: when the new task is
+                    # not placed, nothing is (the dispatcher's pass claims, in batches).
+                    picks = chosen(offered, running)
+                    return picks if any(i == task.id for i, _ in picks) else []
+
                 claimed, taken = await self._claim_in(
                     tx,
-                    request.choose,
+                    choose,
                     owner=request.owner,
                     lease_seconds=request.lease_seconds,
                     now=request.now,
