@@ -324,7 +324,7 @@ class SshProvider:
         head = [run_dir, command.cwd, keep_pwd, str(len(subdirs)), *subdirs, str(1 + len(files))]
         for name, data in {"cmd.json": meta, **files}.items():
             head += [name, data.decode("utf-8", "surrogateescape")]
-        lines, payload = spare_payload(
+        payload = spare_payload(
             [str(len(env)), *env, run_dir, command.cwd, keep_pwd, *command.argv]
         )
         # The directories first: sent at once, a request usually beat them here (an SFTP
@@ -337,7 +337,7 @@ class SshProvider:
                 if spare is None:
                     args = ["0", "", *head, str(len(env)), *env, *command.argv]
                 else:
-                    args = [str(spare.slot), str(spare.pid), *head, lines, payload]
+                    args = [str(spare.slot), str(spare.pid), *head, payload]
                 answer = None
                 words = answer = await self.session.call("launch", args, timeout=LAUNCH_TIMEOUT)
                 if words == ["nospare"] and spare is not None:  # it died: start one anew
@@ -354,7 +354,7 @@ class SshProvider:
         finally:
             if spare is not None:
                 # Nothing reached its FIFO: it waits on. Else a new spare takes the slot,
-                # once this one is known to have read its lines (it answered), or killed.
+                # once this one is known to have read its command (it answered), or killed.
                 unused = answer in (["nodir"], ["nocwd"], ["used"], ["nofile"])
                 self.session.spare_done(
                     spare, written=not unused, answered=answer is not None and answer[:1] == ["ok"]

@@ -88,31 +88,28 @@ printf '%s\n%s' "$HOME" "$PATH"
 
 
 #: A spare run wrapper (started ahead of need by the host session, see
-#: :data:`SESSION_SCRIPT`): ``setsid -f /bin/sh -c SPARE_SCRIPT bosun-spare ID`` with its
-#: stdin on a FIFO of the session and fd 3 on the session's stdout. It says ``ID spare
-#: PID`` at once, then waits for one launch on the FIFO: a line ``REQUEST-ID N``, then N
-#: lines that are the launch's words, each made by :func:`quote` (:func:`spare_payload`).
-#: It exports the run's variables, answers ``REQUEST-ID ok PID`` and goes on as the run's
-#: wrapper (the text of :data:`~bosun.providers.local.WRAPPER_SCRIPT` follows), so a launch
-#: costs the host no process but the agent's. End of file on the FIFO (the session shell
-#: is gone, and with it the FIFO's only writer) ends a spare that is still waiting.
+#: :data:`SESSION_SCRIPT`): ``setsid -f /bin/sh -c SPARE_SCRIPT bosun-spare ID FIFO`` with
+#: fd 3 on the session's stdout. It says ``ID spare PID`` at once, then sources its FIFO
+#: (``.``: the shell reads it in blocks, where ``read`` takes a byte per system call), in
+#: which the session writes one command for one launch: ``bosun_run REQUEST-ID WORDS``,
+#: the words made by :func:`quote` (:func:`spare_payload`). ``bosun_run`` exports the
+#: run's variables, answers ``REQUEST-ID ok PID`` and goes on as the run's wrapper (the
+#: text of :data:`~bosun.providers.local.WRAPPER_SCRIPT`, which ends with ``exit``), so a
+#: launch costs the host no process but the agent's. End of file on the FIFO (the session
+#: shell is gone, and with it the FIFO's only writer) ends a spare that is still waiting.
 SPARE_SCRIPT = (
     r"""echo "$1 spare $$" >&3
-IFS=' ' read -r i n || exit 0
-r=
-while [ "$n" -gt 0 ]; do
-  IFS= read -r l || exit 0
-  r="$r$l
-"
-  n=$((n - 1))
-done
-eval "set -- $r"
-n=$1; shift
+bosun_run() {
+i=$1; n=$2; shift 2
 while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done
 echo "$i ok $$" >&3
-unset i n r l
+unset i n
 """
     + WRAPPER_SCRIPT
+    + r"""}
+. "$2"
+exit 0
+"""
 )
 
 #: Spares a host session keeps waiting (each a FIFO held open by the session on fd 4+N).
@@ -140,9 +137,9 @@ SPARES = 2
 #: :data:`SPARES` FIFOs ``SPARE_DIR/PID.N`` (removing those of sessions that are gone) and
 #: holds each open read-write on fd 4+N; ``refill N`` starts a spare reading FIFO N. A
 #: launch given a spare (``launch ID N SPARE_PID ...``) writes the run's files as always
-#: and then only a few lines to that FIFO: the wrapper is already running in a session of
+#: and then one command line to that FIFO: the wrapper is already running in a session of
 #: its own. No spare ever reads another's launch: bosun refills a slot only once its
-#: spare has answered (it has read all of its lines and no more), or, when a launch never
+#: spare has answered (it has read its command and runs it), or, when a launch never
 #: had an answer, with ``refill N PID``, which kills that spare and gives the slot a new
 #: FIFO (the killed one may hold the old one a moment longer, with what it left unread).
 SESSION_SCRIPT = (
@@ -192,8 +189,8 @@ bosun_launch() {
     shift 2; nf=$((nf - 1))
   done
   case $k in
-  1) printf '%s %s\n%s\n' "$i" "$1" "$2" >&5 ;;
-  2) printf '%s %s\n%s\n' "$i" "$1" "$2" >&6 ;;
+  1) printf 'bosun_run %s %s\n' "$i" "$1" >&5 ;;
+  2) printf 'bosun_run %s %s\n' "$i" "$1" >&6 ;;
   *) ( ne=$1; shift
        while [ "$ne" -gt 0 ]; do export "$1"; shift; ne=$((ne - 1)); done
        exec setsid -f /bin/sh -c "$bosun_wrapper" "bosun-run-$i" "$d" "$cwd" "$kp" "$@"
@@ -211,8 +208,8 @@ bosun_refill() {
       { echo "$1 failed"; return 0; }
   fi
   [ -p "$f" ] || { echo "$1 failed"; return 0; }
-  setsid -f /bin/sh -c "$bosun_spare" bosun-spare "$1" <"$f" 3>&1 >/dev/null 2>&1 5>&- 6>&- ||
-    echo "$1 failed"
+  setsid -f /bin/sh -c "$bosun_spare" bosun-spare "$1" "$f" </dev/null 3>&1 >/dev/null 2>&1 \
+    5>&- 6>&- || echo "$1 failed"
 }
 bosun_scan() {
   live=" "
@@ -270,11 +267,10 @@ def session_request(function: str, request_id: int, args: Sequence[str]) -> byte
     return ("{ " + " ".join(words) + "\n}\n").encode("utf-8", "surrogateescape")
 
 
-def spare_payload(words: Sequence[str]) -> tuple[str, str]:
-    """What a launch hands a spare (:data:`SPARE_SCRIPT`): its number of lines and the
-    words, each made by :func:`quote`, which the spare reads back with ``eval``."""
-    text = " ".join(_quoted(words))
-    return str(text.count("\n") + 1), text
+def spare_payload(words: Sequence[str]) -> str:
+    """What a launch hands a spare (:data:`SPARE_SCRIPT`): the words, each made by
+    :func:`quote`, for the command ``bosun_run`` that the spare reads from its FIFO."""
+    return " ".join(_quoted(words))
 
 
 def remote_command(argv: Sequence[str]) -> str:

@@ -202,8 +202,8 @@ class HostSession:
 
     def _start_refill(self, slot: int, kill: int | None = None) -> None:
         """Start a new spare in ``slot`` of the running session, in the background: only
-        once the slot's last spare has answered its launch (it has read all of its
-        lines), or with ``kill``, that spare's pid, killed first."""
+        once the slot's last spare has answered its launch (it has read its command and
+        runs it), or with ``kill``, that spare's pid, killed first."""
         if slot in self._filling:
             return
         self._filling.add(slot)
