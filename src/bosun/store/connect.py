@@ -27,8 +27,10 @@ together upgrade the schema once.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util.concurrency import await_
 
 from bosun.errors import StoreError
 from bosun.store import sqlite_driver
@@ -75,6 +78,8 @@ _PRAGMAS = (
     "PRAGMA foreign_keys = ON",
     "PRAGMA synchronous = NORMAL",
 )
+#: Waits (s) before trying a pragma again that found a new database locked (the WAL switch).
+_WAL_RETRIES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 async def open_store(url: str, *, poll_interval: float = 0.25) -> SqlStore:
@@ -199,7 +204,16 @@ def _on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         for pragma in _PRAGMAS:
-            cursor.execute(pragma)
+            for wait in (*_WAL_RETRIES, None):
+                try:
+                    cursor.execute(pragma)
+                    break
+                except sqlite3.OperationalError as exc:
+                    # Turning a new database to WAL needs it to itself; SQLite does not
+                    # wait for that when connections opening at once would deadlock.
+                    if wait is None or "locked" not in str(exc):
+                        raise
+                    await_(asyncio.sleep(wait))
     finally:
         cursor.close()
 
