@@ -7,8 +7,11 @@ so this needs root and ``/usr/sbin/sshd`` like the SSH tests do.
 P1. submit -> agent started over SSH: a dispatcher with one SSH host; for each task the
     clock starts just before ``Service.submit``, and the agent is ``date +%s%N`` on the
     host (same machine, same clock), which prints the wall clock the moment it runs. The
-    baseline: one ``asyncssh`` exec of the same ``date`` on a warm connection. Goal:
-    bosun at most 1.5x the baseline (medians).
+    baseline: one ``asyncssh`` exec of the same ``date`` on a warm connection, under the
+    same conditions: bosun's tasks each follow about ``WATCH`` of idle (its completion is
+    looked for that often), which makes a wake-up on this VM slower, so the baseline's
+    execs are paced the same (the back-to-back figure is printed too). Goal: bosun at
+    most 1.5x the baseline (medians).
 P2. 1,000 no-op tasks (``true``) over 4 hosts, 8 at a time per host, from the first
     submit to the last task completed, through bosun's dispatcher (SQLite store,
     connections already up), against GNU parallel ``--sshlogin 8/h1,...`` running the
@@ -54,6 +57,10 @@ DATE = ["date", "+%s%N"]
 HOSTS = 4
 PER_HOST = 8
 GOAL_P1 = 1.5
+#: How often P1 looks whether its task completed: each submit follows an idle host (and an
+#: idle machine) of about this long, and the paced baseline gets the same idle before each
+#: exec (measured: 2.0 ms back to back, 3.1 ms after 50 ms of idle, on this VM).
+WATCH = 0.05
 GOAL_P2 = 5.0
 
 
@@ -135,8 +142,9 @@ async def _completed(svc: Service) -> int:
 
 
 # -- P1 ---------------------------------------------------------------------------------
-async def bare_exec(table: dict[str, Any], n: int) -> list[float]:
-    """ms from before ``conn.run`` to ``date`` running on the host, on a warm connection."""
+async def bare_exec(table: dict[str, Any], n: int, *, gap: float = 0.0) -> list[float]:
+    """ms from before ``conn.run`` to ``date`` running on the host, on a warm connection;
+    ``gap``: seconds of idle before each one (as bosun's tasks have, see ``_p1``)."""
     user, _, hostport = table["address"].partition("@")
     host, _, port = hostport.rpartition(":")
     out: list[float] = []
@@ -151,6 +159,8 @@ async def bare_exec(table: dict[str, Any], n: int) -> list[float]:
     ) as conn:
         await conn.run(" ".join(DATE), check=True)  # warm
         for _ in range(n):
+            if gap:
+                await asyncio.sleep(gap)
             t0 = time.time_ns()
             done = await conn.run(" ".join(DATE), check=True)
             out.append((int(str(done.stdout)) - t0) / 1e6)
@@ -174,7 +184,7 @@ async def bosun_p1(root: Path, table: dict[str, Any], n: int) -> list[float]:
             task = await svc.submit(TaskSpec(title=f"noop {i}", agent="noop"))
             # look now and then only, so that watching does not compete with the dispatcher
             while (await svc.get(task.id)).status is not TaskStatus.COMPLETED:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(WATCH)
             line = next(e.data["line"] for e in await svc.events(task.id) if e.kind == "run.output")
             out.append((int(line) - t0) / 1e6)
     return out
@@ -338,13 +348,19 @@ async def run(quick: bool, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
 
 async def _p1(root: Path, h1: dict[str, Any], sizes: SshSizes) -> dict[str, Any]:
     bare = await bare_exec(h1, sizes.p1)
+    paced = await bare_exec(h1, sizes.p1, gap=WATCH)
     ours = await bosun_p1(root, h1, sizes.p1)
-    b, o = statistics.median(bare), statistics.median(ours)
+    b, p, o = statistics.median(bare), statistics.median(paced), statistics.median(ours)
     print("\n7. P1: submit -> agent started over SSH (one loopback sshd host)")
-    print(f"   asyncssh exec, warm connection {_summary(bare)}")
+    print(f"   asyncssh exec, back to back    {_summary(bare)}")
+    apart = f"{WATCH * 1000:.0f} ms apart"
+    print(f"   asyncssh exec, {apart}     {_summary(paced)}   (as bosun's tasks)")
     print(f"   bosun submit -> dispatch       {_summary(ours)}")
-    print(f"   ratio {o / b:.2f}x bare; goal <= {GOAL_P1}x: {goal(o / b <= GOAL_P1)}")
-    return {"bare": b, "bosun": o, "met": o / b <= GOAL_P1}
+    print(
+        f"   ratio {o / p:.2f}x the exec {apart} ({o / b:.2f}x back to back);"
+        f" goal <= {GOAL_P1}x: {goal(o / p <= GOAL_P1)}"
+    )
+    return {"bare": b, "bare_paced": p, "bosun": o, "met": o / p <= GOAL_P1}
 
 
 async def _p2(
