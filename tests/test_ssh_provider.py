@@ -601,6 +601,7 @@ async def test_spares_end_with_their_session(
     await spares_ready(provider)
     spares_dir = host.home / provider.config.work_dir / "spares"
     assert len(spare_pids(host)) == SPARES and len(list(spares_dir.iterdir())) == SPARES
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in spares_dir.iterdir())
     await provider.aclose()
     await wait_until(lambda: not spare_pids(host))
     await wait_until(lambda: not list(spares_dir.iterdir()))
@@ -666,3 +667,22 @@ async def test_a_spare_that_never_answers_is_killed_not_reused(
     assert not (work / "late").exists()  # the killed spare never ran it, nor a new one
     run = await start(provider, "after", ["sh", "-c", "echo ok"], work)
     assert await wait_exit(run) == 0
+
+
+async def test_only_the_hosts_user_may_write_where_spares_wait(
+    sshd: SshdFleet, host: SshHost, tmp_path: Path
+) -> None:
+    """A spare runs what its FIFO says, so the directory of the FIFOs is made private to
+    the host's user even when it was there already, open to others."""
+    work = host.home / ".bosun"
+    for path in (work, work / "spares"):
+        path.mkdir(exist_ok=True)
+        os.chown(path, host.uid, host.lease.gid)
+    (work / "spares").chmod(0o777)
+    p = make_provider(sshd, host, tmp_path / "state")
+    try:
+        await p.ensure_ready()
+        await spares_ready(p)
+        assert (work / "spares").stat().st_mode & 0o777 == 0o700
+    finally:
+        await p.aclose()

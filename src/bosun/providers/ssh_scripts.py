@@ -154,6 +154,8 @@ proc=; [ -r /proc/self/stat ] && proc=1
 bosun_fifos() {
   [ -n "$sd" ] || return 1
   [ -d "$sd" ] || mkdir -p -- "$sd" 2>/dev/null || return 1
+  # a spare runs what its FIFO says: only this user may make or replace one there
+  chmod 700 -- "$sd" 2>/dev/null || return 1
   set -- "$sd/$$.1" "$sd/$$.2"
   set +f
   for f in "$sd"/*.[0-9]; do
