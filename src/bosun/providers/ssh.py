@@ -327,8 +327,8 @@ class SshProvider:
         payload = spare_payload(
             [str(len(env)), *env, run_dir, command.cwd, keep_pwd, *command.argv]
         )
-        # The directories first: sent at once, a request usually beat them here (an SFTP
-        # mkdir took about 1 ms, a session request 0.2) and had to go again.
+        # The directories first: sent alongside them, the request nearly always arrived
+        # first here, was refused and went again (docs/benchmarks.md).
         await made
         spare = self.session.take_spare() if len(payload) <= _SPARE_MAX else None
         answer: list[str] | None = None  # the spare's launch's answer, if it has one
