@@ -84,9 +84,8 @@ class TestSshProviderContract(ProviderContract):
         host: SshHost,
         tmp_path: Path,
     ) -> AsyncIterator[SshProvider]:
-        p = make_provider(sshd, host, tmp_path / "state")
         spares = request.param == "spare"
-        p = SshProvider(host.name, p.config, str(tmp_path / "state"), spares=spares)
+        p = make_provider(sshd, host, tmp_path / "state", spares=spares)  # (the config's)
         await p.ensure_ready()
         if spares:
             await spares_ready(p)

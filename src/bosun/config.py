@@ -303,6 +303,9 @@ class HostConfig(_Table):
     # concurrent SSH channels, two long-lived (SFTP, the host session) and at least one for
     # commands; keep under sshd's MaxSessions
     max_channels: int = Field(default=8, ge=3)
+    # two spare run wrappers wait on the host (idle shells) so that a launch starts no
+    # process before the agent's; false: every launch starts its wrapper with setsid
+    spares: bool = True
     keepalive_interval: PositiveFloat = 5.0  # seconds between keepalives
     keepalive_count_max: PositiveInt = 3  # missed keepalives before the link counts as dead
     connect_timeout: PositiveFloat = 10.0
@@ -750,6 +753,7 @@ enabled = true
 # identity_file = "~/.ssh/id_ed25519"  # default: ssh config, ssh-agent, ~/.ssh/id_*
 # work_dir = ".bosun"           # on the host, relative to its $HOME
 # max_channels = 8              # SSH channels at once; keep under sshd's MaxSessions
+# spares = true                 # two idle wrappers wait on the host: faster launches
 # keepalive_interval = 5.0      # a dead link is noticed after interval x count_max
 # keepalive_count_max = 3
 # wake_command = ["virsh", "start", "gpu1"]  # run here before connecting (optional)

@@ -105,7 +105,7 @@ class SshProvider:
         *,
         ready_timeout: float | None = None,
         use_setsid: bool = True,
-        spares: bool = True,
+        spares: bool | None = None,
     ) -> None:
         if host_config.kind != "ssh":
             raise ProviderError(
@@ -123,6 +123,8 @@ class SshProvider:
         self._has_proc = False
         self._root: str | None = None
         self._prepare_lock = asyncio.Lock()
+        if spares is None:
+            spares = host_config.spares
         spare_dir = posixpath.join(host_config.work_dir, "spares") if spares else ""
         self.session = HostSession(self.link, name, spare_dir=spare_dir)
         #: launches so far by how they started: a spare, the session's setsid, an exec
