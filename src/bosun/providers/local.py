@@ -244,6 +244,30 @@ def check_run_key(key: str) -> None:
         )
 
 
+def missing_run_dir(run_dir: str, where: str = "") -> ProviderError:
+    """A launch into a run directory that does not exist (``where``: " on host X")."""
+    return ProviderError(
+        f"run directory {run_dir} does not exist{where}",
+        hint="create it with provider.run_dir(key) before launching",
+    )
+
+
+def used_run_dir(run_dir: str) -> ProviderError:
+    """A second launch into one run directory."""
+    return ProviderError(
+        f"run directory {run_dir} was already used by a launch",
+        hint="give every attempt its own run key, e.g. task-12-attempt-3",
+    )
+
+
+def missing_cwd(cwd: str, program: str, where: str = "") -> ProviderError:
+    """A launch whose working directory does not exist (``where``: " on host X")."""
+    return ProviderError(
+        f"working directory {cwd} of {program!r} does not exist{where}",
+        hint="prepare the workspace before launching the agent",
+    )
+
+
 def check_run_files(names: Iterable[str], reserved: frozenset[str]) -> None:
     """Run file names must stay inside the run directory and clear of the ``reserved``
     names of the run protocol."""
@@ -493,20 +517,11 @@ class LocalProvider:
         if not command.argv:
             raise ProviderError("empty argv", hint="an agent command needs a program to run")
         if not os.path.isdir(run_dir):
-            raise ProviderError(
-                f"run directory {run_dir} does not exist",
-                hint="create it with provider.run_dir(key) before launching",
-            )
+            raise missing_run_dir(run_dir)
         if os.path.exists(os.path.join(run_dir, "cmd.json")):
-            raise ProviderError(
-                f"run directory {run_dir} was already used by a launch",
-                hint="give every attempt its own run key, e.g. task-12-attempt-3",
-            )
+            raise used_run_dir(run_dir)
         if not os.path.isdir(cwd):
-            raise ProviderError(
-                f"working directory {cwd} of {command.argv[0]!r} does not exist",
-                hint="prepare the workspace before launching the agent",
-            )
+            raise missing_cwd(cwd, command.argv[0])
         check_run_files(command.files, _RESERVED)
 
     async def _reap(self, pid: int, run_dir: str) -> None:

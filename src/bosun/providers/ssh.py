@@ -51,7 +51,15 @@ from bosun.config import HostConfig
 from bosun.errors import HostUnreachable, ProviderError
 from bosun.providers import tmux
 from bosun.providers.base import Command, ExecResult, RunHandle
-from bosun.providers.local import WRAPPER_SCRIPT, check_run_files, check_run_key, redact
+from bosun.providers.local import (
+    WRAPPER_SCRIPT,
+    check_run_files,
+    check_run_key,
+    missing_cwd,
+    missing_run_dir,
+    redact,
+    used_run_dir,
+)
 from bosun.providers.ssh_conn import SshLink, parse_address
 from bosun.providers.ssh_files import HostFiles, close_all
 from bosun.providers.ssh_keys import HostKey
@@ -362,17 +370,11 @@ class SshProvider:
                     spare, written=not unused, answered=answer is not None and answer[:1] == ["ok"]
                 )
         if words == ["nodir"]:
-            raise ProviderError(
-                f"run directory {run_dir} does not exist on host {self.name}",
-                hint="create it with provider.run_dir(key) before launching",
-            )
+            raise missing_run_dir(run_dir, f" on host {self.name}")
         if words == ["nocwd"]:
             raise self._no_cwd(command)
         if words == ["used"]:
-            raise ProviderError(
-                f"run directory {run_dir} was already used by a launch",
-                hint="give every attempt its own run key, e.g. task-12-attempt-3",
-            )
+            raise used_run_dir(run_dir)
         if words == ["nofile"]:
             raise self.files.fs_error("write the run files in", run_dir)
         if words == ["failed"]:
@@ -400,11 +402,7 @@ class SshProvider:
         return redact((raw or b"").decode(errors="replace").strip()[-300:]) or "(no message)"
 
     def _no_cwd(self, command: Command) -> ProviderError:
-        return ProviderError(
-            f"working directory {command.cwd} of {command.argv[0]!r} does not exist "
-            f"on host {self.name}",
-            hint="prepare the workspace before launching the agent",
-        )
+        return missing_cwd(command.cwd, command.argv[0], f" on host {self.name}")
 
     async def _launch_exec(
         self, command: Command, run_dir: str, meta: bytes, files: Mapping[str, bytes]

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import asyncssh
 
 from bosun.errors import ProviderError
+from bosun.providers.local import missing_run_dir, used_run_dir
 from bosun.providers.ssh_conn import SshLink
 
 #: A lost link: not a file-system error; the link reports it as an unreachable host.
@@ -131,15 +132,9 @@ class HostFiles:
                 return self.link._lost_error(exc)
         meta = failed.get("cmd.json")
         if isinstance(meta, asyncssh.SFTPNoSuchFile):
-            return ProviderError(
-                f"run directory {run_dir} does not exist on host {self.name}",
-                hint="create it with provider.run_dir(key) before launching",
-            )
+            return missing_run_dir(run_dir, f" on host {self.name}")
         if isinstance(meta, asyncssh.SFTPFailure | asyncssh.SFTPFileAlreadyExists):
-            return ProviderError(
-                f"run directory {run_dir} was already used by a launch",
-                hint="give every attempt its own run key, e.g. task-12-attempt-3",
-            )
+            return used_run_dir(run_dir)
         name, exc = next(iter(failed.items()))
         return self.fs_error(
             "write", f"{run_dir}/{name}", exc if isinstance(exc, Exception) else None
