@@ -4,7 +4,8 @@ quotes words for a remote shell.
 Every script is a constant: data reaches it only as positional arguments (``"$@"``), and
 :func:`remote_command` (``exec`` plus words quoted by :func:`quote`) is the only text bosun
 hands to the remote login shell. The scripts need a POSIX ``sh`` and its ``kill``,
-``env``, ``rm`` and ``mkdir``; ``setsid`` and ``/proc`` are used when present.
+``env``, ``rm`` and ``mkdir``; ``setsid``, ``/proc``, ``mkfifo`` and ``chmod`` (spares)
+are used when present.
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ exit 0
 )
 
 #: Spares a host session keeps waiting (each a FIFO held open by the session on fd 4+N).
+#: :data:`SESSION_SCRIPT` spells the slots out (FIFOs ``.1`` and ``.2``, fds 5 and 6):
+#: change both together.
 SPARES = 2
 
 #: The host session (:mod:`bosun.providers.ssh_session`): sent once on the stdin of
