@@ -14,14 +14,16 @@ the process group that sshd created for the launching command (sshd makes every
 command's shell a session leader; the launcher replaces that shell (``exec``) and the run
 is its background child), which is just as separate from everything else.
 
-A launch is one SFTP ``mkdir`` (the run directory, made by ``run_dir``) and one request
-to the host session (:mod:`bosun.providers.ssh_session`, one ``/bin/sh`` per connection,
-started with an empty environment): it creates ``cmd.json`` exclusively (a run directory
-is launched once), writes ``stdin`` and the run files with ``printf``, and starts the
-wrapper with ``setsid`` in a subshell that exports exactly the run's variables (their
-values never appear on a command line, where other users of the host could read them);
-it answers with the wrapper's pid once the wrapper leads its own session. Agents in tmux
-mode, hosts without ``setsid`` and files holding NUL bytes take the older way: the files
+A launch is one round trip of pipelined SFTP ``mkdir``s (the run directory, its files'
+own, a scratch working directory) and then one request to the host session
+(:mod:`bosun.providers.ssh_session`, one ``/bin/sh`` per connection, started with an
+empty environment): it creates ``cmd.json`` exclusively (a run directory is launched
+once), writes ``stdin`` and the run files with ``printf``, and hands the run to a spare
+wrapper already waiting in a session of its own, or else starts the wrapper with
+``setsid`` in a subshell that exports exactly the run's variables (their values never
+appear on a command line, where other users of the host could read them); the wrapper
+answers with its pid once it leads its own session. Agents in tmux mode, hosts without
+``setsid -f`` and files holding NUL bytes take the older way: the files
 over SFTP (``env.sh`` with mode 0600 for the variables) and one exec channel running
 :data:`~bosun.providers.ssh_scripts.LAUNCH_SCRIPT`.
 
