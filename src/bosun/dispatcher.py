@@ -141,7 +141,12 @@ class Dispatcher:
                     await self._unpause()
                     unpaused_at = now
                 placed, waiting, again = await self._schedule()
-                if burst and not self._active and not placed and not await self._pending(waiting):
+                idle = burst and not (self._active or placed or await self._pending(waiting))
+                # A burst ends when idle, but not before the first host check and its
+                # reconciles are done (else _shutdown cancels them, and a stray run they
+                # were to stop goes on). When they end, _watch_hosts sets _slot_freed and
+                # the loop looks once more.
+                if idle and not self._first_check_going():
                     break
                 if again:
                     continue  # a full batch: there may be more to place right away
@@ -181,11 +186,19 @@ class Dispatcher:
         """Load the registry and check every host (a host that does not answer is
         unhealthy, not fatal). Start-up waits for that first round only briefly: a host
         still connecting is treated as healthy until its check says otherwise. Then the
-        checks go on every heartbeat interval."""
+        checks go on every heartbeat interval. A burst ``run`` does not end before the
+        first round and its reconciles have (``_first_check_going``)."""
         await self.fleet.refresh(strict=True)
         self._first = asyncio.create_task(self._first_check(), name="bosun-host-first-check")
         await asyncio.wait({self._first}, timeout=probe_timeout(self.settings))
         self._watcher = asyncio.create_task(self._watch_hosts(), name="bosun-host-health")
+
+    def _first_check_going(self) -> bool:
+        """Whether the first check of the hosts (and its reconciles) is still running.
+        It is bounded: a host that does not answer fails its check after its
+        ``connect_timeout`` plus twice ``probe_timeout``, and is then not reconciled; each
+        run a reconcile stops takes at most ``probe_timeout + cancel_grace + 5`` seconds."""
+        return self._first is not None and not self._first.done()
 
     async def _first_check(self) -> None:
         try:
@@ -201,6 +214,8 @@ class Dispatcher:
     async def _watch_hosts(self) -> None:
         if self._first is not None:
             await self._first
+            # the hosts' health is known and their runs reconciled: a pass may place more
+            # (and a burst that waited for this looks again, then may end)
             self._slot_freed.set()
         while True:
             await asyncio.sleep(self.settings.limits.heartbeat_seconds)
