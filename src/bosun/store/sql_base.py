@@ -135,18 +135,24 @@ class SqlBase:
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[Tx]:
-        async with self._ops.writer_slot():
-            try:
-                async with self._engine.connect() as conn:
-                    await conn.execution_options(**{WRITE_OPTION: True})
-                    async with conn.begin():
-                        tx = Tx(conn)
-                        yield tx
-                        if tx.wrote:
-                            # delivered at COMMIT to the other stores' LISTEN (PostgreSQL)
-                            await self._ops.notify(conn, work=tx.work)
-            except (DBAPIError, OSError, TimeoutError) as exc:
-                raise self._ops.describe(exc, "write") from exc
+        """A write transaction, in this process's writer slot from BEGIN to COMMIT. The
+        connection goes back to the pool only after the slot is free: SQLAlchemy closes
+        an ``AsyncConnection`` in a task of its own (a turn of the event loop, which is
+        milliseconds on a busy loop), and with the close inside the slot every write of
+        the process queued behind that turn."""
+        try:
+            # (exits in reverse: the slot is left, then the connection closed)
+            async with contextlib.AsyncExitStack() as closing, self._ops.writer_slot():
+                conn = await closing.enter_async_context(self._engine.connect())
+                await conn.execution_options(**{WRITE_OPTION: True})
+                async with conn.begin():
+                    tx = Tx(conn)
+                    yield tx
+                    if tx.wrote:
+                        # delivered at COMMIT to the other stores' LISTEN (PostgreSQL)
+                        await self._ops.notify(conn, work=tx.work)
+        except (DBAPIError, OSError, TimeoutError) as exc:
+            raise self._ops.describe(exc, "write") from exc
         if tx.wrote:
             self._poke()
         if tx.work:
