@@ -183,7 +183,7 @@ def hosts_add(
     name: Annotated[str, typer.Argument(help="A name for the host (letters, digits, _ and -).")],
     address: Annotated[
         str | None,
-        typer.Option(help="[user@]host[:port] or a Host alias of ~/.ssh/config (kind ssh)."),
+        typer.Option(help="[user@]host[:port] or a Host alias of the ssh config (kind ssh)."),
     ] = None,
     kind: Annotated[str | None, typer.Option(help="ssh (default with --address) or local.")] = None,
     max_concurrent: Annotated[
@@ -222,7 +222,11 @@ def hosts_add(
         typer.Option("--known-hosts", help="An extra known_hosts file to trust keys from."),
     ] = None,
     ssh_config: Annotated[
-        str | None, typer.Option("--ssh-config", help="ssh config file (default ~/.ssh/config).")
+        str | None,
+        typer.Option(
+            "--ssh-config",
+            help="ssh config file (default ~/.ssh/config, then /etc/ssh/ssh_config).",
+        ),
     ] = None,
     check: Annotated[
         bool, typer.Option("--check/--no-check", help="Connect and detect capabilities first.")

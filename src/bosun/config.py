@@ -298,7 +298,7 @@ class HostConfig(_Table):
     strict_host_keys: bool = True
     known_hosts: str | None = None  # extra known_hosts file (default: ~/.ssh/known_hosts)
     identity_file: str | None = None  # default: ssh config, ssh-agent, ~/.ssh/id_*
-    ssh_config: str | None = None  # default: ~/.ssh/config when it exists
+    ssh_config: str | None = None  # default: ~/.ssh/config, then /etc/ssh/ssh_config
     work_dir: str = ".bosun"  # repo caches, worktrees and run dirs; relative to remote $HOME
     # concurrent SSH channels, two long-lived (SFTP, the host session) and at least one for
     # commands; keep under sshd's MaxSessions
@@ -748,7 +748,7 @@ enabled = true
 #
 # [hosts.gpu1]
 # kind = "ssh"
-# address = "dev@gpu1.example:22" # [user@]host[:port], or a Host alias of ~/.ssh/config
+# address = "dev@gpu1.example:22" # [user@]host[:port], or a Host alias of the ssh config
 # strict_host_keys = true       # unknown keys are refused: `bosun hosts trust gpu1`
 # identity_file = "~/.ssh/id_ed25519"  # default: ssh config, ssh-agent, ~/.ssh/id_*
 # work_dir = ".bosun"           # on the host, relative to its $HOME

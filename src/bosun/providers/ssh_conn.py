@@ -12,9 +12,10 @@ after a failed attempt the next one waits (0.5 s, doubling up to 30 s), and uses
 meantime fail at once with the last error instead of piling up connection attempts.
 
 Connection settings come from the host's ``address`` (``[user@]host[:port]``, IPv6 in
-brackets, or a Host alias), the OpenSSH client config (``ssh_config`` or
-``~/.ssh/config``: HostName, User, Port, IdentityFile, ProxyJump, ...), ``identity_file``
-and ssh-agent (``SSH_AUTH_SOCK``), all through asyncssh.
+brackets, or a Host alias), the OpenSSH client config (``ssh_config``, else
+``~/.ssh/config`` then ``/etc/ssh/ssh_config``, as ``ssh`` reads them:
+:func:`bosun.providers.ssh_keys.ssh_config_files`; HostName, User, Port, IdentityFile,
+ProxyJump, ...), ``identity_file`` and ssh-agent (``SSH_AUTH_SOCK``), all through asyncssh.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,15 +223,11 @@ class SshLink:
             opts["username"] = self.target.user
         if self.target.port:
             opts["port"] = self.target.port
-        if cfg.ssh_config:
-            path = Path(cfg.ssh_config).expanduser()
-            if not path.is_file():
-                raise ConfigError(
-                    f"[hosts.{self.name}] ssh_config {path} does not exist",
-                    "fix the path, or remove ssh_config to use ~/.ssh/config",
-                )
-            opts["config"] = [str(path)]
-        if not _names_ciphers(opts.get("config") or [Path("~/.ssh/config").expanduser()]):
+        # Always explicit: `config=()` (asyncssh's default) would read ~/.ssh/config only,
+        # `[]` reads nothing, several files give the first value obtained, as in ssh.
+        paths = ssh_keys.ssh_config_files(cfg, self.name)
+        opts["config"] = [str(p) for p in paths]
+        if not _names_ciphers(paths):
             opts["encryption_algs"] = list(CIPHERS)
         if cfg.identity_file:
             path = Path(cfg.identity_file).expanduser()
@@ -246,7 +243,9 @@ class SshLink:
         if not self.cfg.strict_host_keys:
             return None
         # (reading the ssh config may run its `Match exec` commands: not on the loop)
-        files = await asyncio.to_thread(ssh_keys.known_hosts_files, self.cfg, self.state_dir)
+        files = await asyncio.to_thread(
+            ssh_keys.known_hosts_files, self.cfg, self.state_dir, self.name
+        )
         return KnownHostsCheck(files)
 
     async def connection(self, *, wait: bool = False) -> asyncssh.SSHClientConnection:
@@ -305,6 +304,9 @@ class SshLink:
         except (OSError, asyncssh.DisconnectError) as exc:  # incl. TimeoutError, refused
             raise self.unreachable(_describe(exc)) from exc
         except (asyncssh.Error, ValueError) as exc:  # key files, config syntax, ...
+            problem = ssh_keys.ssh_config_error(opts["config"], exc, self.name)
+            if problem is not None:
+                raise problem from exc
             raise ProviderError(
                 f"cannot connect to host {self.display}: {_describe(exc)}",
                 hint="check the host's ssh settings (address, ssh_config, identity_file)",
@@ -505,16 +507,45 @@ class SshLink:
                 await conn.wait_closed()
 
 
-def _names_ciphers(paths: list[Any]) -> bool:
-    """Whether an ssh config file says which ciphers to use (then asyncssh follows it)."""
+def _names_ciphers(paths: Iterable[Path], depth: int = 0) -> bool:
+    """Whether the ssh config files, or the files they ``Include``, name ``Ciphers``
+    anywhere (then asyncssh follows the config). ``Include`` is followed as asyncssh
+    follows it (e.g. a system config's ``Include /etc/ssh/ssh_config.d/*.conf`` naming
+    crypto-policies' file), 16 levels deep at most (as ``ssh``)."""
     for path in paths:
         try:
-            text = Path(path).read_text(errors="replace")
+            text = path.read_text(errors="replace")
         except OSError:
             continue
-        if any(line.strip().lower().startswith("ciphers") for line in text.splitlines()):
-            return True
+        for line in text.splitlines():
+            words = line.strip().replace("=", " ", 1).split()
+            keyword = words[0].lower() if words else ""
+            if keyword == "ciphers":
+                return True
+            if (
+                keyword == "include"
+                and depth < 16
+                and _names_ciphers(_included(words[1:]), depth + 1)
+            ):
+                return True
     return False
+
+
+def _included(patterns: list[str]) -> list[Path]:
+    """The files an ``Include`` line names, as asyncssh finds them: ``~`` expanded, a
+    relative pattern under ``~/.ssh``, globs expanded (in lexical order, as ``ssh``)."""
+    found: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern.strip("\"'")).expanduser()
+        base = Path(path.anchor) if path.anchor else Path.home() / ".ssh"
+        relative = str(path.relative_to(path.anchor)) if path.anchor else str(path)
+        if relative in ("", "."):
+            continue
+        try:
+            found += sorted(p for p in base.glob(relative) if p.is_file())
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def _kill(proc: asyncssh.SSHClientProcess[bytes]) -> None:
@@ -550,11 +581,17 @@ def _again(exc: ProviderError, left: float) -> ProviderError:
 async def resolve(target: Address, opts: dict[str, Any]) -> tuple[str, int | None]:
     """The name and port known_hosts lines use for ``target`` (after the ssh config:
     HostKeyAlias, else HostName)."""
-    options = await asyncssh.SSHClientConnectionOptions.construct(
-        config=opts.get("config", ()),
-        host=target.host,
-        port=opts.get("port", ()),
-    )
+    try:
+        options = await asyncssh.SSHClientConnectionOptions.construct(
+            config=opts.get("config", ()),
+            host=target.host,
+            port=opts.get("port", ()),
+        )
+    except ValueError as exc:
+        problem = ssh_keys.ssh_config_error(opts.get("config", ()), exc)
+        if problem is not None:
+            raise problem from exc
+        raise
     host = options.host_key_alias or options.host or target.host
     return str(host), int(options.port) if options.port else None
 
@@ -569,6 +606,9 @@ async def fetch_key(target: Address, opts: dict[str, Any], *, algs: Any = ()) ->
             server_host_key_algs=algs,
         )
     except (OSError, asyncssh.Error, ValueError) as exc:
+        problem = ssh_keys.ssh_config_error(opts.get("config", ()), exc)
+        if problem is not None:
+            raise problem from exc
         raise HostUnreachable(
             f"cannot fetch the host key of {target}: {_describe(exc)}",
             hint="check that the host is up and its address is right",

@@ -3,7 +3,8 @@
 bosun trusts a host key found in any of these known_hosts files (OpenSSH format):
 
 1. the files ``ssh`` itself reads for the host, by the ssh config bosun uses for it
-   (``ssh_config``, else ``~/.ssh/config``): ``UserKnownHostsFile`` (default
+   (:func:`ssh_config_files`: ``ssh_config``, else ``~/.ssh/config`` then
+   ``/etc/ssh/ssh_config``): ``UserKnownHostsFile`` (default
    ``~/.ssh/known_hosts ~/.ssh/known_hosts2``) and ``GlobalKnownHostsFile`` (default
    ``/etc/ssh/ssh_known_hosts /etc/ssh/ssh_known_hosts2``), each possibly ``none`` or
    several files, expanded as OpenSSH expands them (``~``, ``%d``, ``%h``, ``%u``, ...,
@@ -45,10 +46,16 @@ __all__ = [
     "known_hosts_files",
     "known_hosts_pattern",
     "own_known_hosts",
+    "ssh_config_error",
+    "ssh_config_files",
     "ssh_known_hosts",
 ]
 
 DEFAULT_PORT = 22
+
+#: The system-wide ssh client config, read after ``~/.ssh/config`` unless ``ssh_config``
+#: is set (OpenSSH's ``_PATH_HOST_CONFIG_FILE``; tests point it elsewhere).
+SYSTEM_SSH_CONFIG = Path("/etc/ssh/ssh_config")
 
 #: What ``ssh`` reads when its config names no file (ssh_config(5)).
 DEFAULT_USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
@@ -79,32 +86,87 @@ def own_known_hosts(state_dir: str | os.PathLike[str]) -> Path:
     return Path(state_dir) / "known_hosts"
 
 
-def known_hosts_files(cfg: HostConfig, state_dir: str | os.PathLike[str]) -> list[Path]:
+def known_hosts_files(
+    cfg: HostConfig, state_dir: str | os.PathLike[str], name: str | None = None
+) -> list[Path]:
     """Every known_hosts file bosun reads for ``cfg`` (existing or not), in order, each
     once: those of the ssh config (:func:`ssh_known_hosts`), bosun's own, the host's
-    ``known_hosts`` setting."""
-    files = [*ssh_known_hosts(cfg), own_known_hosts(state_dir)]
+    ``known_hosts`` setting. ``name`` (the host's name in bosun) goes into errors."""
+    files = [*ssh_known_hosts(cfg, name), own_known_hosts(state_dir)]
     if cfg.known_hosts:
         files.append(Path(cfg.known_hosts).expanduser())
     return list(dict.fromkeys(files))
 
 
-def ssh_config_files(cfg: HostConfig) -> list[Path]:
-    """The ssh config files bosun's connection to ``cfg`` reads (as asyncssh does):
-    ``ssh_config``, else ``~/.ssh/config`` when it is readable, else none."""
+def ssh_config_files(cfg: HostConfig, name: str | None = None) -> list[Path]:
+    """The ssh config files bosun reads for ``cfg``, in order, as ``ssh`` reads them: with
+    ``ssh_config`` set, only that file (as ``ssh -F FILE``; it must exist); else
+    ``~/.ssh/config`` then :data:`SYSTEM_SSH_CONFIG` (``/etc/ssh/ssh_config``), each when
+    it is a readable file (``ssh`` skips a file it cannot open). The first value obtained
+    for an option wins across the files, as within one. The one list both the connection
+    (asyncssh's ``config=``) and :func:`ssh_known_hosts` use; ``name`` (the host's name in
+    bosun) goes into the error."""
     if cfg.ssh_config:
         path = Path(cfg.ssh_config).expanduser()
         if not path.is_file():
+            where = f"[hosts.{name}] ssh_config" if name else "ssh_config"
             raise ConfigError(
-                f"ssh_config {path} does not exist",
-                "fix the path, or remove ssh_config to use ~/.ssh/config",
+                f"{where} {path} does not exist",
+                "fix the path, or remove ssh_config to use ~/.ssh/config and "
+                f"{SYSTEM_SSH_CONFIG} (as ssh does)",
             )
         return [path]
-    default = Path.home() / ".ssh" / "config"
-    return [default] if os.access(default, os.R_OK) else []
+    candidates = (Path.home() / ".ssh" / "config", SYSTEM_SSH_CONFIG)
+    return [p for p in candidates if p.is_file() and os.access(p, os.R_OK)]
 
 
-def ssh_known_hosts(cfg: HostConfig) -> list[Path]:
+def ssh_config_error(
+    paths: Sequence[str | os.PathLike[str]], exc: BaseException, name: str | None = None
+) -> ConfigError | None:
+    """The error for an ssh config asyncssh cannot read (``exc``, raised while it read
+    ``paths``), or None when ``exc`` is not about the ssh config. asyncssh's
+    ``ConfigParseError`` names the file (an included one too) and the line; text that is
+    not in the locale's encoding is pinned on the file that holds it."""
+    files = [Path(p) for p in paths]
+    shown = ", ".join(map(str, files))
+    if isinstance(exc, UnicodeDecodeError):
+        bad = next((p for p in files if not _decodes(p)), None)
+        if bad is None:
+            return None
+        detail = f"{bad} is not {exc.encoding} text ({exc.reason} at byte {exc.start})"
+    elif isinstance(exc, asyncssh.ConfigParseError):
+        detail = str(exc)
+    else:
+        return None
+    where = f"[hosts.{name}]: " if name else ""
+    table = f"[hosts.{name}]" if name else "the host's table"
+    system = (
+        f"; if it is in {SYSTEM_SSH_CONFIG} (or a file it includes) and you cannot change "
+        f"it, set ssh_config in {table} to a config file of your own: bosun then reads "
+        "only that file, as `ssh -F FILE` does"
+        if SYSTEM_SSH_CONFIG in files
+        else ""
+    )
+    return ConfigError(
+        f"{where}cannot read the ssh config ({shown}): {detail}",
+        "fix the file (`ssh -G HOST` shows what ssh makes of it; bosun reads it with "
+        f"asyncssh, which refuses some lines ssh skips){system}",
+    )
+
+
+def _decodes(path: Path) -> bool:
+    """Whether ``path`` reads as text the way asyncssh opens it (the locale's encoding)."""
+    try:
+        with open(path) as f:  # (the call asyncssh makes)
+            f.read()
+    except UnicodeDecodeError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def ssh_known_hosts(cfg: HostConfig, name: str | None = None) -> list[Path]:
     """The known_hosts files ``ssh`` reads for the host of ``cfg``, by the ssh config
     bosun uses for it: ``UserKnownHostsFile`` then ``GlobalKnownHostsFile`` (the first
     value set for the host wins; ``none``: no file; unset: OpenSSH's defaults). As in
@@ -113,21 +175,26 @@ def ssh_known_hosts(cfg: HostConfig) -> list[Path]:
     ``%n``, ``%p``, ``%r``, ``%u``) and ``GlobalKnownHostsFile`` only ``~``. ``~`` and
     ``%d`` are ``$HOME`` (where bosun reads ``~/.ssh/config`` too; ``ssh`` takes the
     passwd entry's home, the same unless ``$HOME`` was changed). An unknown token or an
-    unset variable is a ``ConfigError``, as ``ssh`` refuses to run then."""
+    unset variable is a ``ConfigError``, as ``ssh`` refuses to run then, and so is a config
+    asyncssh cannot read (:func:`ssh_config_error`). ``name`` (the host's name in bosun)
+    goes into errors."""
     from bosun.providers.ssh_conn import parse_address  # (ssh_conn imports this module)
 
     if cfg.address is None:
         raise ConfigError("an ssh host has no address", 'add address = "user@host"')
     target = parse_address(cfg.address)
-    paths = ssh_config_files(cfg)
+    paths = ssh_config_files(cfg, name)
     local_user = _local_user()
     try:
         config = _load_config(paths, local_user, target.host, target.user, target.port)
     except ValueError as exc:  # asyncssh's ConfigParseError, an unsafe user name, ...
-        where = ", ".join(map(str, paths)) or "the ssh config"
-        raise ConfigError(
-            f"cannot read {where}: {exc}", "fix the ssh config (`ssh -G HOST` checks it)"
-        ) from exc
+        error = ssh_config_error(paths, exc, name)
+        if error is None:
+            where = ", ".join(map(str, paths)) or "the ssh config"
+            error = ConfigError(
+                f"cannot read {where}: {exc}", "fix the ssh config (`ssh -G HOST` checks it)"
+            )
+        raise error from exc
     user_files = _config_list(config.get("UserKnownHostsFile"), DEFAULT_USER_KNOWN_HOSTS)
     global_files = _config_list(config.get("GlobalKnownHostsFile"), DEFAULT_GLOBAL_KNOWN_HOSTS)
     if not user_files and not global_files:
