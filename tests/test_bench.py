@@ -57,5 +57,6 @@ async def test_ssh_benchmarks_quick(capsys: pytest.CaptureFixture[str]) -> None:
     # P2: both returned only once every task ran (parallel exits 0; bosun counted them)
     p2 = figures["p2"]
     assert p2["parallel"] > 0 and p2["bosun"] > 0 and p2["bosun_live"] > 0
+    assert p2["floor"] > 0 and p2["floor_cpu_ms"] > 0
     out = capsys.readouterr().out
     assert "goal <= 1.5x" in out and "goal >= 5x" in out
