@@ -185,10 +185,12 @@ class Dispatcher:
     async def _start_hosts(self) -> None:
         """Load the registry and check every host (a host that does not answer is
         unhealthy, not fatal). Start-up waits for that first round only briefly: a host
-        still connecting is treated as healthy until its check says otherwise. Then the
-        checks go on every heartbeat interval. A burst ``run`` does not end before the
-        first round and its reconciles have (``_first_check_going``)."""
+        still connecting is treated as healthy until its check says otherwise, but one
+        with runs to reconcile (``Fleet.scan``) gets no work before its reconcile is done.
+        Then the checks go on every heartbeat interval. A burst ``run`` does not end
+        before the first round and its reconciles have (``_first_check_going``)."""
         await self.fleet.refresh(strict=True)
+        await self.fleet.scan()
         self._first = asyncio.create_task(self._first_check(), name="bosun-host-first-check")
         await asyncio.wait({self._first}, timeout=probe_timeout(self.settings))
         self._watcher = asyncio.create_task(self._watch_hosts(), name="bosun-host-health")
@@ -197,17 +199,17 @@ class Dispatcher:
         """Whether the first check of the hosts (and its reconciles) is still running.
         It is bounded: a host that does not answer fails its check after its
         ``connect_timeout`` plus twice ``probe_timeout``, and is then not reconciled; each
-        run a reconcile stops takes at most ``probe_timeout + cancel_grace + 5`` seconds."""
+        run a reconcile stops takes at most ``2 x probe_timeout + cancel_grace + 5``
+        seconds (the host is asked ``true`` after a failure)."""
         return self._first is not None and not self._first.done()
 
     async def _first_check(self) -> None:
         try:
             await self.fleet.check_all()
             # what is left of runs given up on while a host was unreachable (bosun may
-            # have stopped before the host came back)
-            for host in self.fleet.hosts:
-                if self.fleet.healthy(host.name):
-                    await self.fleet.reconcile(host.name)
+            # have stopped before the host came back), on the hosts that answer
+            for name in self.fleet.due():
+                await self.fleet.reconcile(name)
         except Exception:
             log.exception("first host health check failed")
 
@@ -221,12 +223,14 @@ class Dispatcher:
             await asyncio.sleep(self.settings.limits.heartbeat_seconds)
             try:
                 _down, back = await self.fleet.check_all()
-                for name in back:
+                # the hosts that came back, and any whose reconcile is not done yet
+                due = self.fleet.due()
+                for name in due:
                     await self.fleet.reconcile(name)
             except Exception:  # a failed round must not end the health checks
                 log.exception("host health check failed")
                 continue
-            if back:
+            if back or due:
                 self._slot_freed.set()  # a host came back: queued work may fit now
 
     # -- internals ---------------------------------------------------------------------
@@ -363,7 +367,9 @@ class Dispatcher:
         still settling is counted until it ends, which sets ``_slot_freed``."""
         on_host = Counter(self._active_hosts.values())
         free = sum(
-            max(0, h.max_concurrent - on_host[h.name]) for h in hosts if h.enabled and h.healthy
+            max(0, h.max_concurrent - on_host[h.name])
+            for h in hosts
+            if h.enabled and h.healthy and not h.reconciling
         )
         return min(free, self.settings.limits.max_concurrent - len(self._active))
 

@@ -47,6 +47,9 @@ class HostSlot:
     enabled: bool = True
     healthy: bool = True
     unhealthy_agents: frozenset[str] = frozenset()
+    # bosun still stops runs there it gave up on: no new task until that is done (a task
+    # waits for it, as for a free slot)
+    reconciling: bool = False
 
     def can_run(self, agent: str) -> bool:
         if not (self.enabled and self.healthy) or agent in self.unhealthy_agents:
@@ -103,9 +106,9 @@ def plan(
 
     Rules, in order: global cap; per-agent cap; scope locks against running and
     already-placed tasks; a host that can run the agent, carries the requested labels, is
-    under its ``max_concurrent``; among those prefer one that is not the host of the
-    previous failed attempt, then the least loaded (running / max), then higher host
-    priority, then name.
+    under its ``max_concurrent`` and not being reconciled; among those prefer one that is
+    not the host of the previous failed attempt, then the least loaded (running / max),
+    then higher host priority, then name.
     """
     by_host: Counter[str] = Counter(t.assigned_host for t in running if t.assigned_host)
     by_agent: Counter[str] = Counter(t.agent for t in running)
@@ -136,9 +139,12 @@ def plan(
         if not able:
             skipped.append(Skip(task, _why_no_host(task, hosts), False))
             continue
-        free = [h for h in able if by_host[h.name] < h.max_concurrent]
+        free = [h for h in able if not h.reconciling and by_host[h.name] < h.max_concurrent]
         if not free:
-            skipped.append(Skip(task, "every eligible host is at its max_concurrent", True))
+            why = "every eligible host is at its max_concurrent"
+            if later := ", ".join(h.name for h in able if h.reconciling):
+                why += f" or still being reconciled ({later})"
+            skipped.append(Skip(task, why, True))
             continue
         avoid = task.assigned_host if task.attempt > 0 else None
         best = min(

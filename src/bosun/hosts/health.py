@@ -14,10 +14,15 @@
   unhealthy host gets no new work, and neither does an agent whose CLI the last
   ``bosun hosts check`` did not find on the host;
 - reconciles a host: runs that bosun gave up on while the host was unreachable (their
-  tasks were retried elsewhere, or were cancelled; ``ref["abandoned"]`` is true) are
+  tasks were retried, or wait to be, or were cancelled; ``ref["abandoned"]`` is true) are
   killed if they still run, so that a task never runs twice; so are runs that no
   dispatcher follows any more because their task was cancelled while ``bosun cancel``
-  could not reach the host (``run.cancel_pending``).
+  could not reach the host (``run.cancel_pending``). A host with runs left to reconcile
+  gets no new work until that is done (a task's retry must not start next to its old
+  agent): the hosts found with such runs at start-up (``scan``), and every host that
+  comes back, until its reconcile has ended. A run is taken as reconciled only once it
+  is stopped or its provider finds it gone; a host that stops answering meanwhile is
+  marked down, and the rest waits for its next reconcile, when it answers again.
 
 Runs on a host that is unreachable for a while are handled by ``execution.Attempt``:
 their follower waits, re-attaches when the host answers again, and gives up (the task is
@@ -37,11 +42,11 @@ from typing import Any
 
 from bosun import scheduler
 from bosun.config import HostConfig, Settings
-from bosun.errors import BosunError, ConfigError
+from bosun.errors import BosunError, ConfigError, HostKeyError, HostUnreachable, ProviderError
 from bosun.hosts.capabilities import probe
 from bosun.hosts.check import ProviderFactory
 from bosun.hosts.registry import Host, Registry, merge, with_hosts
-from bosun.models import ErrorKind, NewEvent, Run, RunStatus, TaskStatus
+from bosun.models import ErrorKind, NewEvent, Run, RunStatus, Task, TaskStatus
 from bosun.providers.base import Provider
 from bosun.store.base import HostStore, Store
 
@@ -92,6 +97,20 @@ class _State:
     recorded_at: float | None = None  # loop time of the last store write
 
 
+class _HostLost(Exception):
+    """The host stopped answering while a reconcile stopped a run there: the run is left
+    as it was, for the next reconcile."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Gone(Exception):
+    """The provider found no run to stop (its run directory is gone, or it never
+    started): what it said."""
+
+
 class Fleet:
     def __init__(
         self,
@@ -115,6 +134,8 @@ class Fleet:
         self.ready: set[str] = set()  # hosts whose ensure_ready succeeded once
         self.built: dict[str, HostConfig] = {}  # registered hosts: the settings built from
         self.retired: list[Provider] = []  # providers replaced by a re-registration
+        # hosts that may have runs to reconcile: no new work there until that is done
+        self.unreconciled: set[str] = set()
 
     # -- registry --------------------------------------------------------------------------
     async def refresh(self, *, strict: bool = False) -> None:
@@ -165,6 +186,7 @@ class Fleet:
                 priority=h.config.priority,
                 enabled=h.enabled,
                 healthy=self.healthy(h.name),
+                reconciling=self.reconciling(h.name),
                 unhealthy_agents=frozenset(unhealthy_agents.get(h.name, ())) | h.missing_agents(),
             )
             for h in self.hosts
@@ -180,6 +202,28 @@ class Fleet:
             return True
         host = next((h for h in self.hosts if h.name == name), None)
         return host is not None and bool(host.config.wake_command)
+
+    def reconciling(self, name: str) -> bool:
+        """Whether ``name`` must wait for its reconcile before it gets new work: it may
+        have runs to stop that bosun gave up on (or that nobody follows), and it answers
+        (or has not been checked yet). One that does not answer is unhealthy anyway, but
+        for a host asleep (``wake_command``): nothing can be stopped there before it
+        wakes, and the attempt placed there wakes it (its next check then finds it back)."""
+        if name not in self.unreconciled:
+            return False
+        state = self.state.get(name)
+        return state is None or state.healthy
+
+    def due(self) -> list[str]:
+        """The hosts to reconcile now: runs may be left to stop there, and they answer."""
+        return [
+            h.name
+            for h in self.hosts
+            if h.name in self.unreconciled
+            and h.name in self.providers
+            and (state := self.state.get(h.name)) is not None
+            and state.healthy
+        ]
 
     # -- health ----------------------------------------------------------------------------
     async def mark_down(self, name: str, error: str) -> None:
@@ -218,6 +262,8 @@ class Fleet:
                 down.append(name)
             elif not was and text is None:
                 back.append(name)
+                # no new work before its reconcile (set before anything else can run)
+                self.unreconciled.add(name)
             await self._record(name, text, changed=was != state.healthy)
         return down, back
 
@@ -240,101 +286,188 @@ class Fleet:
         state.recorded_at = now
 
     # -- reconciliation --------------------------------------------------------------------
+    async def scan(self) -> None:
+        """At start-up, before the first check: note the hosts that have runs to
+        reconcile. They get no new work until their reconcile is done; the others get
+        work at once, before their first check has ended."""
+        if self.host_store is None:
+            return
+        for host in self.hosts:
+            if host.name in self.providers:
+                abandoned, orphans = await self._strays(host.name, self.host_store)
+                if abandoned or orphans:
+                    self.unreconciled.add(host.name)
+
     async def reconcile(self, name: str) -> int:
-        """Kill what is left of the runs bosun gave up on while ``name`` was unreachable
-        (their tasks were retried elsewhere), and of runs no dispatcher follows because
-        their task was cancelled while nothing could reach the host to stop them. Returns
-        how many were still running."""
+        """Kill what is left of the runs bosun gave up on while ``name`` was unreachable,
+        and of runs no dispatcher follows because their task was cancelled while nothing
+        could reach the host to stop them. Returns how many were still running.
+
+        The host gets new work again once this is done (``reconciling``). A run is
+        recorded as reconciled only once it is stopped, or its provider finds it gone. If
+        the host stops answering meanwhile it is marked down, and the runs left wait for
+        its next reconcile, when a check finds it back; a run that could not be stopped
+        although the host answers, or a failed store read, leaves the host to be
+        reconciled again at the next check. Never raises (but ``CancelledError``)."""
         provider = self.providers.get(name)
         if provider is None or self.host_store is None:
+            self.unreconciled.discard(name)
             return 0
-        killed = 0
-        for run in await self.host_store.host_runs(name, [RunStatus.LOST]):
-            if run.ref.get("abandoned") is not True:
-                continue
-            try:
-                alive, _ = await self._stop_run(provider, run.ref, with_code=False)
-            except TimeoutError:
-                return killed  # the host went away again: next time
-            except Exception:
-                log.warning("reconciling run %s on %s failed", run.id, name, exc_info=True)
-                continue
-            with contextlib.suppress(BosunError):
-                await self.store.update_run(run.id, ref={**run.ref, "abandoned": "reconciled"})
-                if alive:
-                    killed += 1
-                    task = await self.store.get_task(run.task_id)
-                    then = (
-                        "its task was cancelled meanwhile"
-                        if task.status is TaskStatus.CANCELLED
-                        else "the task was retried elsewhere"
-                    )
-                    await self._stray_killed(
-                        run, name, f"given up while the host was unreachable; {then}"
-                    )
-        return killed + await self._reconcile_orphans(name, provider, self.host_store)
+        stopped: list[bool | None] = []  # per run: killed, was not running, left as it is
+        try:
+            abandoned, orphans = await self._strays(name, self.host_store)
+            if abandoned or orphans:
+                self.unreconciled.add(name)  # (for the start-up scan's hosts, already)
+            for run in abandoned:
+                stopped.append(await self._reconcile_abandoned(name, provider, run))
+            for run, task in orphans:
+                stopped.append(await self._reconcile_orphan(name, provider, run, task))
+        except _HostLost as lost:
+            log.warning(
+                "host %s stopped answering while bosun stopped runs there (%s); "
+                "the rest waits until it answers again",
+                name,
+                lost.reason,
+            )
+            await self.mark_down(name, lost.reason)
+            return stopped.count(True)
+        except Exception:
+            log.warning(
+                "reconciling host %s failed; tried again at its next check", name, exc_info=True
+            )
+            return stopped.count(True)
+        if None not in stopped:  # (else: tried again at the host's next check)
+            self.unreconciled.discard(name)
+        return stopped.count(True)
 
-    async def _reconcile_orphans(self, name: str, provider: Provider, hosts: HostStore) -> int:
-        """Runs still recorded as going that no dispatcher follows: their task was cancelled
-        (or cancelled and queued again) while ``bosun cancel`` could not reach the host
-        (``run.cancel_pending``). A dispatcher follows only a running task's current
-        attempt. Kill each that still runs and record its end."""
-        killed = 0
+    async def _strays(
+        self, name: str, hosts: HostStore
+    ) -> tuple[list[Run], list[tuple[Run, Task]]]:
+        """The runs to reconcile on ``name``: those given up on (``abandoned``), and
+        those recorded as going that no dispatcher follows, with their task. A
+        dispatcher follows only a running task's current attempt; the others' task was
+        cancelled (or cancelled and queued again) while ``bosun cancel`` could not reach
+        the host (``run.cancel_pending``)."""
+        abandoned = [
+            run
+            for run in await hosts.host_runs(name, [RunStatus.LOST])
+            if run.ref.get("abandoned") is True
+        ]
+        orphans: list[tuple[Run, Task]] = []
         for run in await hosts.host_runs(name, [RunStatus.STARTING, RunStatus.RUNNING]):
+            if "run_dir" not in run.ref:
+                continue
             try:
                 task = await self.store.get_task(run.task_id)
             except BosunError:
                 continue
-            followed = task.status is TaskStatus.RUNNING and task.attempt == run.attempt
-            if followed or "run_dir" not in run.ref:
-                continue
-            try:
-                alive, code = await self._stop_run(provider, run.ref, with_code=True)
-            except TimeoutError:
-                return killed  # the host went away again: next time
-            except Exception:
-                log.warning("reconciling run %s on %s failed", run.id, name, exc_info=True)
-                continue
-            cancelled = task.status is TaskStatus.CANCELLED
-            with contextlib.suppress(BosunError):
-                await self.store.update_run(
-                    run.id,
-                    status=RunStatus.CANCELLED if cancelled else RunStatus.LOST,
-                    exit_code=code,
-                    error_kind=ErrorKind.CANCELLED if cancelled else ErrorKind.LOST,
-                    error="cancelled by a user"
-                    if cancelled
-                    else "stopped by bosun: its task had moved on (cancelled, then retried)",
-                    ended_at=datetime.now(UTC),
+            if not (task.status is TaskStatus.RUNNING and task.attempt == run.attempt):
+                orphans.append((run, task))
+        return abandoned, orphans
+
+    async def _reconcile_abandoned(self, name: str, provider: Provider, run: Run) -> bool | None:
+        """Stop a run given up on; whether it was still running, None when it could not
+        be stopped (it is left as it is). ``_HostLost`` when the host does not answer."""
+        try:
+            alive, _ = await self._stop_run(provider, run.ref, with_code=False)
+        except _HostLost:
+            raise
+        except Exception:
+            log.warning("could not stop run %s on %s", run.id, name, exc_info=True)
+            return None
+        with contextlib.suppress(BosunError):
+            await self.store.update_run(run.id, ref={**run.ref, "abandoned": "reconciled"})
+            if alive:
+                task = await self.store.get_task(run.task_id)
+                await self._stray_killed(
+                    run,
+                    name,
+                    f"given up while the host was unreachable; {_since(task, run, name)}",
                 )
-                if alive:
-                    killed += 1
-                    await self._stray_killed(
-                        run, name, "its task was cancelled while bosun could not reach the host"
-                    )
-        return killed
+        return alive
+
+    async def _reconcile_orphan(
+        self, name: str, provider: Provider, run: Run, task: Task
+    ) -> bool | None:
+        """Stop a run no dispatcher follows and record its end; whether it was still
+        running, None when it could not be stopped. ``_HostLost`` when the host does not
+        answer."""
+        try:
+            alive, code = await self._stop_run(provider, run.ref, with_code=True)
+        except _HostLost:
+            raise
+        except Exception:
+            log.warning("could not stop run %s on %s", run.id, name, exc_info=True)
+            return None
+        cancelled = task.status is TaskStatus.CANCELLED
+        with contextlib.suppress(BosunError):
+            await self.store.update_run(
+                run.id,
+                status=RunStatus.CANCELLED if cancelled else RunStatus.LOST,
+                exit_code=code,
+                error_kind=ErrorKind.CANCELLED if cancelled else ErrorKind.LOST,
+                error="cancelled by a user"
+                if cancelled
+                else "stopped by bosun: its task had moved on (cancelled, then retried)",
+                ended_at=datetime.now(UTC),
+            )
+            if alive:
+                await self._stray_killed(
+                    run, name, "its task was cancelled while bosun could not reach the host"
+                )
+        return alive
 
     async def _stop_run(
         self, provider: Provider, run_ref: Mapping[str, Any], *, with_code: bool
     ) -> tuple[bool, int | None]:
-        """Attach to a run and stop it if it still runs: (whether it was alive, its exit
-        code when ``with_code``). A run whose directory is gone is not alive.
-        ``TimeoutError`` when the host does not answer in time."""
-        alive = False
-        code: int | None = None
+        """Stop a run if it still runs: (whether it was alive, its exit code when
+        ``with_code``). A run its provider finds no trace of (no run directory: removed,
+        or it never started) was not alive.
+
+        Whenever something fails, the host is asked ``true``: when it does not answer,
+        ``_HostLost`` (the run must be left as it is: nothing says it is stopped, or
+        gone); when it does, the error is raised (the run is there but could not be
+        stopped), but for the provider's "nothing there": (False, None)."""
+        timeout = probe_timeout(self.settings)
         try:
-            async with asyncio.timeout(probe_timeout(self.settings) + self.cancel_grace + 5):
-                ref = dict(run_ref)
-                if "run_dir" not in ref and isinstance(ref.get("run_key"), str):
-                    ref["run_dir"] = await provider.run_dir(ref["run_key"])
-                handle = await provider.attach(ref)
-                alive = await handle.alive()
-                if alive:
-                    await handle.cancel(self.cancel_grace)
-                if with_code:
-                    code = await handle.exit_code()
-        except BosunError:
-            alive = False  # its run directory is gone: nothing left to stop
+            async with asyncio.timeout(timeout + self.cancel_grace + 5):
+                return await self._stop(provider, run_ref, with_code=with_code)
+        except Exception as exc:
+            problem = await reachable(provider, timeout)
+            if problem is not None:
+                raise _HostLost(problem) from exc
+            if isinstance(exc, _Gone):
+                return False, None
+            raise
+
+    async def _stop(
+        self, provider: Provider, run_ref: Mapping[str, Any], *, with_code: bool
+    ) -> tuple[bool, int | None]:
+        ref = dict(run_ref)
+        try:
+            if "run_dir" not in ref and isinstance(ref.get("run_key"), str):
+                ref["run_dir"] = await provider.run_dir(ref["run_key"])
+            handle = await provider.attach(ref)
+        except (HostUnreachable, HostKeyError):
+            raise
+        except ProviderError as exc:
+            raise _Gone(exc.message) from exc
+        alive = await handle.alive()
+        if alive:
+            await handle.cancel(self.cancel_grace)
+            if await handle.alive():
+                raise ProviderError(
+                    f"run {ref.get('run_dir')} still has processes after SIGKILL",
+                    hint="look at the host: a process in uninterruptible sleep cannot be killed",
+                )
+        code: int | None = None
+        if with_code:
+            try:
+                code = await handle.exit_code()
+            except (HostUnreachable, HostKeyError):
+                raise
+            except ProviderError:
+                code = None  # stopped; an unreadable exit file only loses the code
         return alive, code
 
     async def _stray_killed(self, run: Run, host: str, reason: str) -> None:
@@ -346,3 +479,15 @@ class Fleet:
                 run_id=run.id,
             )
         )
+
+
+def _since(task: Task, run: Run, host: str) -> str:
+    """What became of the task of ``run`` (given up on ``host``), for ``run.stray_killed``."""
+    if task.status is TaskStatus.CANCELLED:
+        return "its task was cancelled meanwhile"
+    if task.attempt > run.attempt and task.assigned_host is not None:
+        where = "on this host" if task.assigned_host == host else f"on host {task.assigned_host}"
+        return f"its task was retried {where}"
+    if task.status is TaskStatus.QUEUED:
+        return "its task was queued to be retried"
+    return f"its task is {task.status.value}"
