@@ -74,28 +74,29 @@ async def bosun_decides(cfg: HostConfig, state: Path) -> str:
         await provider.aclose()
 
 
+def strict_login(sshd: SshdFleet) -> list[str]:
+    """``ssh`` options for a login with the harness's key: strict about host keys,
+    writing none, never asking."""
+    return [
+        "-i",
+        str(sshd.client_key),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "UpdateHostKeys=no",
+        "-o",
+        "ConnectTimeout=5",
+    ]
+
+
 def ssh_decides(sshd: SshdFleet, ssh_config: Path, address: str) -> str:
     """``trusted`` or ``refused``: what ``ssh`` makes of it (strict, no key updates)."""
     done = subprocess.run(
-        [
-            needs_ssh(),
-            "-F",
-            str(ssh_config),
-            "-i",
-            str(sshd.client_key),
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "UpdateHostKeys=no",
-            "-o",
-            "ConnectTimeout=5",
-            address,
-            "true",
-        ],
+        [needs_ssh(), "-F", str(ssh_config), *strict_login(sshd), address, "true"],
         capture_output=True,
         text=True,
         timeout=30,

@@ -44,7 +44,7 @@ from tests.sshd import (  # noqa: F401 (fixtures)
     ssh_client_key_fixture,
     sshd_fixture,
 )
-from tests.test_known_hosts_config import alias_block, bosun_decides
+from tests.test_known_hosts_config import alias_block, bosun_decides, strict_login
 
 pytestmark = [pytest.mark.ssh]
 
@@ -137,25 +137,7 @@ def real_ssh_login(
     sshd: SshdFleet, home: Path, system: Path, address: str, command: str
 ) -> subprocess.CompletedProcess[str]:
     """A real ``ssh`` login, strict about host keys and writing none."""
-    return real_ssh(
-        home,
-        system,
-        "-i",
-        str(sshd.client_key),
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "UpdateHostKeys=no",
-        "-o",
-        "ConnectTimeout=5",
-        address,
-        command,
-        check=False,
-    )
+    return real_ssh(home, system, *strict_login(sshd), address, command, check=False)
 
 
 def host(sshd: SshdFleet, h: SshHost, **overrides: Any) -> HostConfig:

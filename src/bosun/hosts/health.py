@@ -365,16 +365,26 @@ class Fleet:
                 orphans.append((run, task))
         return abandoned, orphans
 
-    async def _reconcile_abandoned(self, name: str, provider: Provider, run: Run) -> bool | None:
-        """Stop a run given up on; whether it was still running, None when it could not
-        be stopped (it is left as it is). ``_HostLost`` when the host does not answer."""
+    async def _try_stop(
+        self, name: str, provider: Provider, run: Run, *, with_code: bool
+    ) -> tuple[bool, int | None] | None:
+        """``_stop_run``, or None (logged) when the run could not be stopped although the
+        host answers; ``_HostLost`` when it does not."""
         try:
-            alive, _ = await self._stop_run(provider, run.ref, with_code=False)
+            return await self._stop_run(provider, run.ref, with_code=with_code)
         except _HostLost:
             raise
         except Exception:
             log.warning("could not stop run %s on %s", run.id, name, exc_info=True)
             return None
+
+    async def _reconcile_abandoned(self, name: str, provider: Provider, run: Run) -> bool | None:
+        """Stop a run given up on; whether it was still running, None when it could not
+        be stopped (it is left as it is). ``_HostLost`` when the host does not answer."""
+        stopped = await self._try_stop(name, provider, run, with_code=False)
+        if stopped is None:
+            return None
+        alive, _ = stopped
         with contextlib.suppress(BosunError):
             await self.store.update_run(run.id, ref={**run.ref, "abandoned": "reconciled"})
             if alive:
@@ -392,13 +402,10 @@ class Fleet:
         """Stop a run no dispatcher follows and record its end; whether it was still
         running, None when it could not be stopped. ``_HostLost`` when the host does not
         answer."""
-        try:
-            alive, code = await self._stop_run(provider, run.ref, with_code=True)
-        except _HostLost:
-            raise
-        except Exception:
-            log.warning("could not stop run %s on %s", run.id, name, exc_info=True)
+        stopped = await self._try_stop(name, provider, run, with_code=True)
+        if stopped is None:
             return None
+        alive, code = stopped
         cancelled = task.status is TaskStatus.CANCELLED
         with contextlib.suppress(BosunError):
             await self.store.update_run(
