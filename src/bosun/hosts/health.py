@@ -353,9 +353,17 @@ class Fleet:
             for run in await hosts.host_runs(name, [RunStatus.LOST])
             if run.ref.get("abandoned") is True
         ]
+        going = [
+            run
+            for run in await hosts.host_runs(name, [RunStatus.STARTING, RunStatus.RUNNING])
+            if "run_dir" in run.ref
+        ]
+        # one read for the followed ones (at start-up every running task's run is here),
+        # then a task of its own only for each run that looks like an orphan
+        followed = {(t.id, t.attempt) for t in await self.store.running()} if going else set()
         orphans: list[tuple[Run, Task]] = []
-        for run in await hosts.host_runs(name, [RunStatus.STARTING, RunStatus.RUNNING]):
-            if "run_dir" not in run.ref:
+        for run in going:
+            if (run.task_id, run.attempt) in followed:
                 continue
             try:
                 task = await self.store.get_task(run.task_id)
