@@ -64,6 +64,16 @@ def origin(tmp_path: Path) -> Path:
 
 SettingsFactory = Callable[..., Settings]
 
+#: The ``[limits]`` of test configs: quick retries, polls, heartbeats and cancels.
+FAST_LIMITS: dict[str, Any] = {
+    "retry_backoff": 0.01,
+    "retry_backoff_max": 0.05,
+    "poll_interval": 0.1,
+    "heartbeat_seconds": 0.5,
+    "lease_seconds": 5,
+    "cancel_grace": 1,
+}
+
 
 @pytest.fixture
 def make_settings(tmp_path: Path, origin: Path) -> SettingsFactory:
@@ -79,15 +89,7 @@ def make_settings(tmp_path: Path, origin: Path) -> SettingsFactory:
             "repos": {"app": {"url": str(origin), "default_branch": "main"}},
             "agents": agents or {"echo": {"command": ["sh", "-c", "cat > NOTES.md"]}},
             "hosts": hosts or {"local": {"kind": "local", "max_concurrent": 4}},
-            "limits": {
-                "retry_backoff": 0.01,
-                "retry_backoff_max": 0.05,
-                "poll_interval": 0.1,
-                "heartbeat_seconds": 0.5,
-                "lease_seconds": 5,
-                "cancel_grace": 1,
-                **(limits or {}),
-            },
+            "limits": {**FAST_LIMITS, **(limits or {})},
             **top,
         }
         cfg_dir = tmp_path / "cfg"

@@ -29,6 +29,7 @@ from bosun.models import RunStatus, TaskSpec, TaskStatus
 from bosun.server.app import create_app
 from bosun.service import Service
 from bosun.store.sql import SqlStore
+from tests.conftest import FAST_LIMITS
 from tests.serverkit import serving as api_serving
 from tests.sshd import (  # noqa: F401 (fixtures)
     SshdFleet,
@@ -52,14 +53,7 @@ def write_config(cfg: Path, sshd: SshdFleet, host: SshHost) -> Settings:
     data: dict[str, Any] = {
         "agents": {"slow": {"command": ["sh", "-c", "echo started; exec sleep 300"]}},
         "hosts": {host.name: sshd.host_table(host, connect_timeout=2.0, max_concurrent=3)},
-        "limits": {
-            "retry_backoff": 0.01,
-            "retry_backoff_max": 0.05,
-            "poll_interval": 0.1,
-            "heartbeat_seconds": 0.5,
-            "lease_seconds": 5,
-            "cancel_grace": 1,
-        },
+        "limits": FAST_LIMITS,
     }
     cfg.mkdir(parents=True, exist_ok=True)
     (cfg / "bosun.toml").write_text(toml_text(data))

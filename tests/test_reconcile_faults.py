@@ -22,16 +22,14 @@ the order of the old agent's death and the new run's start.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bosun.dispatcher import Dispatcher
 from bosun.models import Event, RunStatus, TaskSpec, TaskStatus
 from bosun.scheduler import Caps, HostSlot, plan
-from bosun.service import Service, make_providers
+from bosun.service import Service
 from tests.conftest import SettingsFactory
 from tests.factories import make_task
 from tests.sshd import (  # noqa: F401 (fixtures)
@@ -41,6 +39,7 @@ from tests.sshd import (  # noqa: F401 (fixtures)
     ssh_client_key_fixture,
     sshd_fixture,
 )
+from tests.test_dispatch_burst import burst, group_alive
 from tests.test_hosts_dispatch import _has_output, events, serving, settled, until
 
 #: ``$0`` is the run directory (``.../runs/task-N-attempt-K``). Attempt 1 writes ``got-term``
@@ -68,14 +67,7 @@ esac"""
 #: link takes to be noticed (keepalive 0.5 s x 2).
 CANCEL_GRACE = 4
 
-#: A guard against a hang only (the burst ends after a few seconds).
-BURST_LIMIT = 90
-
 pytestmark = [pytest.mark.ssh, pytest.mark.usefixtures("ssh_client_home")]
-
-
-def group_alive(host: SshHost, pgid: int) -> bool:
-    return any(g == pgid for _pid, g, _argv in host.processes())
 
 
 def tables(sshd: SshdFleet, hosts: list[SshHost]) -> dict[str, dict[str, Any]]:
@@ -219,8 +211,7 @@ async def test_a_retry_waits_at_start_up_until_its_host_is_reconciled(
         assert (await svc.get(task.id)).status is TaskStatus.QUEUED
         h1.unblock()
 
-        dispatcher = Dispatcher(svc.settings, svc.store, make_providers(svc.settings))
-        await asyncio.wait_for(dispatcher.run(burst=True), BURST_LIMIT)
+        await burst(svc)
 
         assert not group_alive(h1, pgid)
         await _retry_ran_alone(svc, task.id, pgid)
