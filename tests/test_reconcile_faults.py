@@ -7,6 +7,8 @@ what is left of them there (``Fleet.reconcile``) so that no task runs twice:
 - a host that stops answering in the middle of that must leave the run it was stopping
   as it was (given up, ``abandoned``), to be stopped the next time the host answers; only
   a run its provider finds gone may be taken as reconciled;
+- a run that bosun could not stop when an attempt failed inside bosun is given up too,
+  and stopped by its host's next reconciliation;
 - the host gets no new work until its reconciliation is over, so a task's retry never
   starts there next to the old agent of the same task (at start-up, and when the host
   comes back while bosun serves).
@@ -27,7 +29,11 @@ from typing import Any
 
 import pytest
 
-from bosun.models import Event, RunStatus, TaskSpec, TaskStatus
+from bosun.errors import ProviderError
+from bosun.execution import Attempt
+from bosun.models import ErrorKind, Event, Run, RunStatus, TaskSpec, TaskStatus
+from bosun.providers.base import RunHandle
+from bosun.providers.ssh_run import SshRun
 from bosun.scheduler import Caps, HostSlot, plan
 from bosun.service import Service
 from tests.conftest import SettingsFactory
@@ -252,6 +258,80 @@ async def test_a_retry_waits_until_a_host_that_came_back_is_reconciled(
         alive = group_alive(h1, pgid)
         await _retry_ran_alone(svc, task.id, pgid)
     assert not alive
+
+
+async def test_a_run_not_stopped_after_an_internal_error_is_stopped_before_its_retry(
+    sshd: SshdFleet, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt fails inside bosun (an injected bug) while its agent runs on h1, the only
+    host, and stopping that agent fails too (an injected error) although h1 answers. The
+    run is given up, and h1 gets no new work until a reconcile (at its next check) has
+    killed the agent: the task's retry must not start next to it."""
+    (h1,) = sshd.start(1)
+    sshd.trust(h1)
+    settings = make_settings(
+        agents={"slow": {"command": ["sh", "-c", AGENT, "{run_dir}"]}},
+        hosts=tables(sshd, [h1]),
+        limits={"cancel_grace": CANCEL_GRACE},
+    )
+    follow = Attempt._follow_and_finish
+    cancel = SshRun.cancel
+    refused: list[str] = []
+
+    async def crash(self: Attempt, run: Run, handle: RunHandle | None, wt: Any) -> None:
+        if self.task.attempt > 1:
+            return await follow(self, run, handle, wt)
+        out = Path(run.ref["run_dir"]) / "stdout"
+        await until(lambda: _says(out, "started"))
+        raise RuntimeError("a bug in bosun (injected)")
+
+    async def cancel_once(self: SshRun, grace: float = 5.0) -> None:
+        if not refused:
+            refused.append(self.run_dir)
+            raise ProviderError("could not signal the run (injected)")
+        await cancel(self, grace)
+
+    monkeypatch.setattr(Attempt, "_follow_and_finish", crash)
+    monkeypatch.setattr(SshRun, "cancel", cancel_once)
+    async with await Service.open(settings) as svc, serving(svc):
+        task = await svc.submit(TaskSpec(title="crashes, then its stop fails", agent="slow"))
+
+        async def both_ended() -> bool:
+            killed = await for_task(svc, "run.stray_killed", task.id)
+            return bool(killed) and await settled(svc, task.id)
+
+        await until(both_ended, timeout=60)
+        runs = await svc.runs(task.id)
+        pgid = int(runs[0].ref["pgid"])
+        alive = group_alive(h1, pgid)
+        lines = [e.data["line"] for e in await svc.events(task.id) if e.kind == "run.output"]
+        (stray,) = await for_task(svc, "run.stray_killed", task.id)
+        (again,) = [
+            e
+            for e in await for_task(svc, "task.status", task.id)
+            if e.data["to"] == "running" and e.data["attempt"] == 2
+        ]
+        done = await svc.get(task.id)
+    shown = [(r.host, r.attempt, r.status.value, r.ref.get("abandoned")) for r in runs]
+    assert refused == [runs[0].ref["run_dir"]]
+    # the retry found no process of the first attempt's group on h1, and bosun recorded
+    # the kill before it started the retry
+    assert lines == [f"group {pgid}: 0 alive"], shown
+    assert not alive
+    assert stray.id < again.id and again.data["host"] == "h1"
+    assert stray.data["reason"] == (
+        "given up after an internal error; its task was queued to be retried"
+    )
+    assert [(r.host, r.status, r.error_kind) for r in runs] == [
+        ("h1", RunStatus.LOST, ErrorKind.INTERNAL),
+        ("h1", RunStatus.SUCCEEDED, None),
+    ], shown
+    assert runs[0].ref["abandoned"] == "reconciled"
+    assert done.status is TaskStatus.COMPLETED
+
+
+async def _says(path: Path, line: str) -> bool:
+    return path.exists() and line in path.read_text().splitlines()
 
 
 def test_a_host_being_reconciled_gets_no_new_task_and_the_task_waits() -> None:

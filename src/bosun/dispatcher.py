@@ -290,16 +290,9 @@ class Dispatcher:
         for run in await self.store.list_runs(task.id):
             if run.attempt != task.attempt or run.ended_at is not None:
                 continue
-            provider = self.ctx.providers.get(run.host)
-            stopped = False
-            if provider is not None and "run_dir" in run.ref:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(self.settings.limits.cancel_grace + 30):
-                        handle = await provider.attach(run.ref)
-                        await handle.cancel(self.settings.limits.cancel_grace)
-                    stopped = True
-            # Not stopped (its host did not answer): the host's reconciliation kills it
-            # once the host is back, so the retry is never doubled by a stray run.
+            stopped = "run_dir" in run.ref and await self.fleet.stop_now(run.host, run)
+            # Not stopped: the host's reconciliation kills it (its host gets no new work
+            # until then), so the retry is never doubled by a stray run.
             await self.store.update_run(
                 run.id,
                 status=RunStatus.LOST,
@@ -308,6 +301,8 @@ class Dispatcher:
                 ended_at=now,
                 **({} if stopped else {"ref": {**run.ref, "abandoned": True}}),
             )
+            if not stopped:
+                self.fleet.given_up(run.host)
         current = await self.store.get_task(task.id)
         if current.status is not TaskStatus.RUNNING or current.lease_owner != self.owner:
             return

@@ -373,6 +373,31 @@ class Fleet:
                 orphans.append((run, task))
         return abandoned, orphans
 
+    async def stop_now(self, name: str, run: Run) -> bool:
+        """Stop ``run`` on host ``name`` now, for an attempt that failed inside bosun:
+        True when it is stopped, or its provider finds it gone. Else (False) the caller
+        records it given up (``abandoned``) and then calls :meth:`given_up`; a host that
+        does not answer is marked down here, so that its return is noticed (and the run
+        stopped then) however short its outage. Never raises (but ``CancelledError``)."""
+        provider = self.providers.get(name)
+        if provider is None:
+            return False
+        try:
+            await self._stop_run(provider, run.ref, with_code=False)
+            return True
+        except _HostLost as lost:
+            await self.mark_down(name, lost.reason)
+        except Exception:
+            log.warning("could not stop run %s on %s", run.id, name, exc_info=True)
+        return False
+
+    def given_up(self, name: str) -> None:
+        """A run on ``name`` was recorded given up (after :meth:`stop_now` failed): no new
+        work there until a reconcile has stopped it (at the host's next check when it
+        answers, else when it is back)."""
+        if name in self.providers:
+            self.unreconciled.add(name)
+
     async def _try_stop(
         self, name: str, provider: Provider, run: Run, *, with_code: bool
     ) -> tuple[bool, int | None] | None:
@@ -397,11 +422,12 @@ class Fleet:
             await self.store.update_run(run.id, ref={**run.ref, "abandoned": "reconciled"})
             if alive:
                 task = await self.store.get_task(run.task_id)
-                await self._stray_killed(
-                    run,
-                    name,
-                    f"given up while the host was unreachable; {_since(task, run, name)}",
+                why = (
+                    "given up after an internal error"
+                    if run.error_kind is ErrorKind.INTERNAL
+                    else "given up while the host was unreachable"
                 )
+                await self._stray_killed(run, name, f"{why}; {_since(task, run, name)}")
         return alive
 
     async def _reconcile_orphan(
