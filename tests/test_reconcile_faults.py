@@ -260,13 +260,38 @@ async def test_a_retry_waits_until_a_host_that_came_back_is_reconciled(
     assert not alive
 
 
-async def test_a_run_not_stopped_after_an_internal_error_is_stopped_before_its_retry(
-    sshd: SshdFleet, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An attempt fails inside bosun (an injected bug) while its agent runs on h1, the only
-    host, and stopping that agent fails too (an injected error) although h1 answers. The
-    run is given up, and h1 gets no new work until a reconcile (at its next check) has
-    killed the agent: the task's retry must not start next to it."""
+class Faults:
+    """Injected faults (bugs, as far as bosun can tell): attempt 1 fails inside bosun once
+    its agent has said ``started``; stopping a run fails while ``refuse`` holds (the run
+    directories refused are noted), although the host answers."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, refuse: int) -> None:
+        self.refuse = refuse  # how many stops fail from now on
+        self.refused: list[str] = []
+        follow = Attempt._follow_and_finish
+        cancel = SshRun.cancel
+
+        async def crash(attempt: Attempt, run: Run, handle: RunHandle | None, wt: Any) -> None:
+            if attempt.task.attempt > 1:
+                return await follow(attempt, run, handle, wt)
+            await until(lambda: _says(Path(run.ref["run_dir"]) / "stdout", "started"))
+            raise RuntimeError("a bug in bosun (injected)")
+
+        async def refusing(run: SshRun, grace: float = 5.0) -> None:
+            if len(self.refused) < self.refuse:
+                self.refused.append(run.run_dir)
+                raise ProviderError("could not signal the run (injected)")
+            await cancel(run, grace)
+
+        monkeypatch.setattr(Attempt, "_follow_and_finish", crash)
+        monkeypatch.setattr(SshRun, "cancel", refusing)
+
+
+async def _says(path: Path, line: str) -> bool:
+    return path.exists() and line in path.read_text().splitlines()
+
+
+def _one_host(sshd: SshdFleet, make_settings: SettingsFactory) -> tuple[SshHost, Any]:
     (h1,) = sshd.start(1)
     sshd.trust(h1)
     settings = make_settings(
@@ -274,50 +299,31 @@ async def test_a_run_not_stopped_after_an_internal_error_is_stopped_before_its_r
         hosts=tables(sshd, [h1]),
         limits={"cancel_grace": CANCEL_GRACE},
     )
-    follow = Attempt._follow_and_finish
-    cancel = SshRun.cancel
-    refused: list[str] = []
+    return h1, settings
 
-    async def crash(self: Attempt, run: Run, handle: RunHandle | None, wt: Any) -> None:
-        if self.task.attempt > 1:
-            return await follow(self, run, handle, wt)
-        out = Path(run.ref["run_dir"]) / "stdout"
-        await until(lambda: _says(out, "started"))
-        raise RuntimeError("a bug in bosun (injected)")
 
-    async def cancel_once(self: SshRun, grace: float = 5.0) -> None:
-        if not refused:
-            refused.append(self.run_dir)
-            raise ProviderError("could not signal the run (injected)")
-        await cancel(self, grace)
+async def _stopped_then_retried(svc: Service, h1: SshHost, task_id: int) -> None:
+    """Wait until the stray is killed and the task settled; the retry ran alone on h1."""
 
-    monkeypatch.setattr(Attempt, "_follow_and_finish", crash)
-    monkeypatch.setattr(SshRun, "cancel", cancel_once)
-    async with await Service.open(settings) as svc, serving(svc):
-        task = await svc.submit(TaskSpec(title="crashes, then its stop fails", agent="slow"))
+    async def both_ended() -> bool:
+        killed = await for_task(svc, "run.stray_killed", task_id)
+        return bool(killed) and await settled(svc, task_id)
 
-        async def both_ended() -> bool:
-            killed = await for_task(svc, "run.stray_killed", task.id)
-            return bool(killed) and await settled(svc, task.id)
-
-        await until(both_ended, timeout=60)
-        runs = await svc.runs(task.id)
-        pgid = int(runs[0].ref["pgid"])
-        alive = group_alive(h1, pgid)
-        lines = [e.data["line"] for e in await svc.events(task.id) if e.kind == "run.output"]
-        (stray,) = await for_task(svc, "run.stray_killed", task.id)
-        (again,) = [
-            e
-            for e in await for_task(svc, "task.status", task.id)
-            if e.data["to"] == "running" and e.data["attempt"] == 2
-        ]
-        done = await svc.get(task.id)
+    await until(both_ended, timeout=60)
+    runs = await svc.runs(task_id)
+    pgid = int(runs[0].ref["pgid"])
+    lines = [e.data["line"] for e in await svc.events(task_id) if e.kind == "run.output"]
+    (stray,) = await for_task(svc, "run.stray_killed", task_id)
+    (again,) = [
+        e
+        for e in await for_task(svc, "task.status", task_id)
+        if e.data["to"] == "running" and e.data["attempt"] == 2
+    ]
     shown = [(r.host, r.attempt, r.status.value, r.ref.get("abandoned")) for r in runs]
-    assert refused == [runs[0].ref["run_dir"]]
     # the retry found no process of the first attempt's group on h1, and bosun recorded
     # the kill before it started the retry
     assert lines == [f"group {pgid}: 0 alive"], shown
-    assert not alive
+    assert not group_alive(h1, pgid)
     assert stray.id < again.id and again.data["host"] == "h1"
     assert stray.data["reason"] == (
         "given up after an internal error; its task was queued to be retried"
@@ -327,11 +333,53 @@ async def test_a_run_not_stopped_after_an_internal_error_is_stopped_before_its_r
         ("h1", RunStatus.SUCCEEDED, None),
     ], shown
     assert runs[0].ref["abandoned"] == "reconciled"
-    assert done.status is TaskStatus.COMPLETED
+    assert (await svc.get(task_id)).status is TaskStatus.COMPLETED
 
 
-async def _says(path: Path, line: str) -> bool:
-    return path.exists() and line in path.read_text().splitlines()
+async def test_a_run_not_stopped_after_an_internal_error_is_stopped_before_its_retry(
+    sshd: SshdFleet, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt fails inside bosun while its agent runs on h1, the only host, and
+    stopping that agent fails too although h1 answers. The run is given up, and h1 gets
+    no new work until a reconcile (at its next check) has killed the agent: the task's
+    retry must not start next to it."""
+    h1, settings = _one_host(sshd, make_settings)
+    faults = Faults(monkeypatch, refuse=1)
+    async with await Service.open(settings) as svc, serving(svc):
+        task = await svc.submit(TaskSpec(title="crashes, then its stop fails", agent="slow"))
+        await _stopped_then_retried(svc, h1, task.id)
+        (first, _) = await svc.runs(task.id)
+        assert await events(svc, "host.reconcile_failed") == []
+    assert faults.refused == [first.ref["run_dir"]]
+
+
+async def test_a_run_that_cannot_be_stopped_is_said_once_and_its_host_waits(
+    sshd: SshdFleet, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, but stopping the agent keeps failing: every check's reconcile of h1
+    fails. ``host.reconcile_failed`` says so once, naming the run, and the task waits
+    (no retry next to the agent); once the run can be stopped, the next reconcile kills
+    it and the retry runs."""
+    h1, settings = _one_host(sshd, make_settings)
+    faults = Faults(monkeypatch, refuse=1_000)
+    async with await Service.open(settings) as svc, serving(svc):
+        task = await svc.submit(TaskSpec(title="cannot be stopped for a while", agent="slow"))
+
+        async def refused_at_checks() -> bool:  # after the crash, and at three checks
+            return len(faults.refused) >= 4
+
+        await until(refused_at_checks)
+        (first,) = await svc.runs(task.id)
+        failed = await events(svc, "host.reconcile_failed")
+        waiting = await svc.get(task.id)
+        alive = group_alive(h1, int(first.ref["pgid"]))
+        faults.refuse = 0
+        await _stopped_then_retried(svc, h1, task.id)
+    assert alive and waiting.status is TaskStatus.QUEUED
+    assert [(e.task_id, e.data["host"]) for e in failed] == [(None, "h1")]
+    error = failed[0].data["error"]
+    assert error == (f"run {first.id} (task {task.id}): could not signal the run (injected)"), error
+    assert "no new work" in failed[0].data["hint"]
 
 
 def test_a_host_being_reconciled_gets_no_new_task_and_the_task_waits() -> None:

@@ -48,6 +48,7 @@ from bosun.hosts.check import ProviderFactory
 from bosun.hosts.registry import Host, Registry, merge, with_hosts
 from bosun.models import ErrorKind, NewEvent, Run, RunStatus, Task, TaskStatus
 from bosun.providers.base import Provider
+from bosun.providers.local import redact
 from bosun.store.base import HostStore, Store
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,8 @@ class Fleet:
         self.retired: list[Provider] = []  # providers replaced by a re-registration
         # hosts that may have runs to reconcile: no new work there until that is done
         self.unreconciled: set[str] = set()
+        # hosts whose last reconcile left runs it could not stop (said once per streak)
+        self.failing: set[str] = set()
 
     # -- registry --------------------------------------------------------------------------
     async def refresh(self, *, strict: bool = False) -> None:
@@ -314,14 +317,15 @@ class Fleet:
             self.unreconciled.discard(name)
             return 0
         stopped: list[bool | None] = []  # per run: killed, was not running, left as it is
+        problems: list[str] = []  # why runs were left as they are
         try:
             abandoned, orphans = await self._strays(name, self.host_store)
             if abandoned or orphans:
                 self.unreconciled.add(name)  # (for the start-up scan's hosts, already)
             for run in abandoned:
-                stopped.append(await self._reconcile_abandoned(name, provider, run))
+                stopped.append(await self._reconcile_abandoned(name, provider, run, problems))
             for run, task in orphans:
-                stopped.append(await self._reconcile_orphan(name, provider, run, task))
+                stopped.append(await self._reconcile_orphan(name, provider, run, task, problems))
         except _HostLost as lost:
             log.warning(
                 "host %s stopped answering while bosun stopped runs there (%s); "
@@ -331,14 +335,38 @@ class Fleet:
             )
             await self.mark_down(name, lost.reason)
             return stopped.count(True)
-        except Exception:
+        except Exception as exc:
             log.warning(
                 "reconciling host %s failed; tried again at its next check", name, exc_info=True
             )
+            await self._reconcile_failed(name, [f"{type(exc).__name__}: {exc}"])
             return stopped.count(True)
-        if None not in stopped:  # (else: tried again at the host's next check)
+        if None in stopped:  # tried again at the host's next check
+            await self._reconcile_failed(name, problems)
+        else:
             self.unreconciled.discard(name)
+            self.failing.discard(name)
         return stopped.count(True)
+
+    async def _reconcile_failed(self, name: str, problems: list[str]) -> None:
+        """Say (once, until a reconcile of ``name`` succeeds) that runs there could not be
+        stopped although the host answers: it gets no new work until they are."""
+        if name in self.failing:
+            return
+        self.failing.add(name)
+        with contextlib.suppress(BosunError):
+            await self.store.append_event(
+                NewEvent(
+                    "host.reconcile_failed",
+                    {
+                        "host": name,
+                        "error": redact("; ".join(problems))[:500],
+                        "hint": "the host gets no new work until these runs are stopped; "
+                        "bosun tries again at every check (see `bosun hosts check`); a "
+                        "process in uninterruptible sleep must be stopped on the host",
+                    },
+                )
+            )
 
     async def _strays(
         self, name: str, hosts: HostStore
@@ -399,22 +427,25 @@ class Fleet:
             self.unreconciled.add(name)
 
     async def _try_stop(
-        self, name: str, provider: Provider, run: Run, *, with_code: bool
+        self, name: str, provider: Provider, run: Run, problems: list[str], *, with_code: bool
     ) -> tuple[bool, int | None] | None:
-        """``_stop_run``, or None (logged) when the run could not be stopped although the
-        host answers; ``_HostLost`` when it does not."""
+        """``_stop_run``, or None (logged, and said in ``problems``) when the run could not
+        be stopped although the host answers; ``_HostLost`` when it does not."""
         try:
             return await self._stop_run(provider, run.ref, with_code=with_code)
         except _HostLost:
             raise
-        except Exception:
+        except Exception as exc:
             log.warning("could not stop run %s on %s", run.id, name, exc_info=True)
+            problems.append(f"run {run.id} (task {run.task_id}): {exc}")
             return None
 
-    async def _reconcile_abandoned(self, name: str, provider: Provider, run: Run) -> bool | None:
+    async def _reconcile_abandoned(
+        self, name: str, provider: Provider, run: Run, problems: list[str]
+    ) -> bool | None:
         """Stop a run given up on; whether it was still running, None when it could not
         be stopped (it is left as it is). ``_HostLost`` when the host does not answer."""
-        stopped = await self._try_stop(name, provider, run, with_code=False)
+        stopped = await self._try_stop(name, provider, run, problems, with_code=False)
         if stopped is None:
             return None
         alive, _ = stopped
@@ -431,12 +462,12 @@ class Fleet:
         return alive
 
     async def _reconcile_orphan(
-        self, name: str, provider: Provider, run: Run, task: Task
+        self, name: str, provider: Provider, run: Run, task: Task, problems: list[str]
     ) -> bool | None:
         """Stop a run no dispatcher follows and record its end; whether it was still
         running, None when it could not be stopped. ``_HostLost`` when the host does not
         answer."""
-        stopped = await self._try_stop(name, provider, run, with_code=True)
+        stopped = await self._try_stop(name, provider, run, problems, with_code=True)
         if stopped is None:
             return None
         alive, code = stopped
