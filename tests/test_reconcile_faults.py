@@ -88,6 +88,18 @@ def tables(sshd: SshdFleet, hosts: list[SshHost]) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _one_host(sshd: SshdFleet, make_settings: SettingsFactory) -> tuple[SshHost, Any]:
+    """One host, h1, running ``AGENT`` as agent ``slow``."""
+    (h1,) = sshd.start(1)
+    sshd.trust(h1)
+    settings = make_settings(
+        agents={"slow": {"command": ["sh", "-c", AGENT, "{run_dir}"]}},
+        hosts=tables(sshd, [h1]),
+        limits={"cancel_grace": CANCEL_GRACE},
+    )
+    return h1, settings
+
+
 async def for_task(svc: Service, kind: str, task_id: int) -> list[Event]:
     return [e for e in await events(svc, kind) if e.task_id == task_id]
 
@@ -163,9 +175,17 @@ async def test_a_host_lost_again_during_its_reconcile_keeps_the_run_for_the_next
     assert done.status is TaskStatus.COMPLETED
 
 
-async def _retry_ran_alone(svc: Service, task_id: int, pgid: int) -> None:
+async def _retry_ran_alone(
+    svc: Service,
+    task_id: int,
+    pgid: int,
+    *,
+    before: tuple[str, ...] = ("started",),
+    given_up: str = "while the host was unreachable",
+) -> None:
     """The retry on h1 started after the first attempt's agent was gone: the retry found
-    none of its processes on h1, and bosun recorded the kill before the retry's start."""
+    none of its processes on h1, and bosun recorded the kill before the retry's start.
+    ``before``: the first attempt's output lines recorded; ``given_up``: why it was."""
     lines = [e.data["line"] for e in await svc.events(task_id) if e.kind == "run.output"]
     (stray,) = await for_task(svc, "run.stray_killed", task_id)
     (again,) = [
@@ -175,11 +195,9 @@ async def _retry_ran_alone(svc: Service, task_id: int, pgid: int) -> None:
     ]
     runs = await svc.runs(task_id)
     shown = [(r.host, r.attempt, r.status.value, r.ref.get("abandoned")) for r in runs]
-    assert lines == ["started", f"group {pgid}: 0 alive"], shown
+    assert lines == [*before, f"group {pgid}: 0 alive"], shown
     assert stray.id < again.id and again.data["host"] == "h1"
-    assert stray.data["reason"] == (
-        "given up while the host was unreachable; its task was queued to be retried"
-    )
+    assert stray.data["reason"] == f"given up {given_up}; its task was queued to be retried"
     assert [(r.host, r.status) for r in runs] == [
         ("h1", RunStatus.LOST),
         ("h1", RunStatus.SUCCEEDED),
@@ -194,13 +212,7 @@ async def test_a_retry_waits_at_start_up_until_its_host_is_reconciled(
     """h1, the only host, drops every packet; the run there is given up and its task waits
     for a host; bosun stops; h1 answers again with the agent still running. The next
     ``bosun run`` must not start the retry on h1 before it has stopped that agent."""
-    (h1,) = sshd.start(1)
-    sshd.trust(h1)
-    settings = make_settings(
-        agents={"slow": {"command": ["sh", "-c", AGENT, "{run_dir}"]}},
-        hosts=tables(sshd, [h1]),
-        limits={"cancel_grace": CANCEL_GRACE},
-    )
+    h1, settings = _one_host(sshd, make_settings)
     async with await Service.open(settings) as svc:
         async with serving(svc):
             task = await svc.submit(TaskSpec(title="outlives its link", agent="slow"))
@@ -229,13 +241,7 @@ async def test_a_retry_waits_until_a_host_that_came_back_is_reconciled(
     """The same while bosun serves: h1 comes back, and its checks pass before its
     reconciliation has stopped the old agent; the waiting task must not start there
     before that is done."""
-    (h1,) = sshd.start(1)
-    sshd.trust(h1)
-    settings = make_settings(
-        agents={"slow": {"command": ["sh", "-c", AGENT, "{run_dir}"]}},
-        hosts=tables(sshd, [h1]),
-        limits={"cancel_grace": CANCEL_GRACE},
-    )
+    h1, settings = _one_host(sshd, make_settings)
     async with await Service.open(settings) as svc, serving(svc):
         task = await svc.submit(TaskSpec(title="outlives its link", agent="slow"))
         await until(lambda: _has_output(svc, task.id, "started"))
@@ -291,49 +297,20 @@ async def _says(path: Path, line: str) -> bool:
     return path.exists() and line in path.read_text().splitlines()
 
 
-def _one_host(sshd: SshdFleet, make_settings: SettingsFactory) -> tuple[SshHost, Any]:
-    (h1,) = sshd.start(1)
-    sshd.trust(h1)
-    settings = make_settings(
-        agents={"slow": {"command": ["sh", "-c", AGENT, "{run_dir}"]}},
-        hosts=tables(sshd, [h1]),
-        limits={"cancel_grace": CANCEL_GRACE},
-    )
-    return h1, settings
-
-
 async def _stopped_then_retried(svc: Service, h1: SshHost, task_id: int) -> None:
-    """Wait until the stray is killed and the task settled; the retry ran alone on h1."""
+    """Wait until the stray is killed and the task settled; the retry ran alone on h1,
+    the first run failed inside bosun (its output was never followed)."""
 
     async def both_ended() -> bool:
         killed = await for_task(svc, "run.stray_killed", task_id)
         return bool(killed) and await settled(svc, task_id)
 
     await until(both_ended, timeout=60)
-    runs = await svc.runs(task_id)
-    pgid = int(runs[0].ref["pgid"])
-    lines = [e.data["line"] for e in await svc.events(task_id) if e.kind == "run.output"]
-    (stray,) = await for_task(svc, "run.stray_killed", task_id)
-    (again,) = [
-        e
-        for e in await for_task(svc, "task.status", task_id)
-        if e.data["to"] == "running" and e.data["attempt"] == 2
-    ]
-    shown = [(r.host, r.attempt, r.status.value, r.ref.get("abandoned")) for r in runs]
-    # the retry found no process of the first attempt's group on h1, and bosun recorded
-    # the kill before it started the retry
-    assert lines == [f"group {pgid}: 0 alive"], shown
+    first = (await svc.runs(task_id))[0]
+    pgid = int(first.ref["pgid"])
     assert not group_alive(h1, pgid)
-    assert stray.id < again.id and again.data["host"] == "h1"
-    assert stray.data["reason"] == (
-        "given up after an internal error; its task was queued to be retried"
-    )
-    assert [(r.host, r.status, r.error_kind) for r in runs] == [
-        ("h1", RunStatus.LOST, ErrorKind.INTERNAL),
-        ("h1", RunStatus.SUCCEEDED, None),
-    ], shown
-    assert runs[0].ref["abandoned"] == "reconciled"
-    assert (await svc.get(task_id)).status is TaskStatus.COMPLETED
+    assert first.error_kind is ErrorKind.INTERNAL
+    await _retry_ran_alone(svc, task_id, pgid, before=(), given_up="after an internal error")
 
 
 async def test_a_run_not_stopped_after_an_internal_error_is_stopped_before_its_retry(
