@@ -411,13 +411,10 @@ class Fleet:
         if provider is None:
             return False
         try:
-            await self._stop_run(provider, run.ref, with_code=False)
-            return True
+            return await self._try_stop(name, provider, run, [], with_code=False) is not None
         except _HostLost as lost:
             await self.mark_down(name, lost.reason)
-        except Exception:
-            log.warning("could not stop run %s on %s", run.id, name, exc_info=True)
-        return False
+            return False
 
     def given_up(self, name: str) -> None:
         """A run on ``name`` was recorded given up (after :meth:`stop_now` failed): no new
