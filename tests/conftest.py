@@ -17,6 +17,10 @@ from tests.realcli import cli_path, fake, loopback_only
 
 __all__ = ["SettingsFactory", "cli_path", "fake", "git", "loopback_only"]
 
+# The real-sshd fixtures (``sshd``, ``ssh_client_key``, ``ssh_client_home``) for every test
+# module: pytest takes ``pytest_plugins`` only from this, the top-level conftest.
+pytest_plugins = ["tests.sshd"]
+
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "test",
     "GIT_AUTHOR_EMAIL": "test@localhost",

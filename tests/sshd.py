@@ -1,14 +1,12 @@
 """Real OpenSSH ``sshd`` hosts for tests: one unprivileged user, address and key per host.
 
 Every test that needs SSH hosts (the SSH provider, the host registry, fault tests) uses
-the ``sshd`` fixture and marks itself ``@pytest.mark.ssh``. The fixtures are registered in
-a test module by importing them (their functions are named ``*_fixture``, so parameters
-named ``sshd`` do not shadow the import)::
-
-    from tests.sshd import SshdFleet, SshHost
-    from tests.sshd import (  # noqa: F401 (fixtures)
-        ssh_client_home_fixture, ssh_client_key_fixture, sshd_fixture,
-    )
+the ``sshd`` fixture and marks itself ``@pytest.mark.ssh``. This module is a pytest plugin
+(``pytest_plugins`` in ``tests/conftest.py``): its fixtures ``sshd``, ``ssh_client_key``
+and ``ssh_client_home`` are there in every test module, which imports only the classes it
+names in annotations (``from tests.sshd import SshdFleet, SshHost``), never the fixture
+functions. Importing this module starts nothing: the fixtures do their work (and skip, or
+fail under CI, without sshd or root) only in the tests that ask for them.
 
 ``ssh_client_home`` (optional) gives the client side a HOME of its own, so that root's
 ``~/.ssh`` never plays a part::
@@ -77,13 +75,7 @@ import pytest
 
 from tests.agent_clis import in_ci
 
-__all__ = [
-    "SshHost",
-    "SshdFleet",
-    "ssh_client_home_fixture",
-    "ssh_client_key_fixture",
-    "sshd_fixture",
-]
+__all__ = ["SshHost", "SshdFleet"]
 
 SSHD = "/usr/sbin/sshd"
 _SFTP_SERVERS = (

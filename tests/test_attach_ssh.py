@@ -18,13 +18,7 @@ from bosun.providers.base import Command, RunHandle, TmuxSession
 from bosun.providers.ssh import SshProvider
 from bosun.providers.tmux import session_for_run
 from tests.factories import make_run, make_task
-from tests.sshd import (  # noqa: F401 (fixtures)
-    SshdFleet,
-    SshHost,
-    ssh_client_home_fixture,
-    ssh_client_key_fixture,
-    sshd_fixture,
-)
+from tests.sshd import SshdFleet, SshHost
 
 pytestmark = [
     pytest.mark.ssh,

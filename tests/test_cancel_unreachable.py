@@ -31,13 +31,7 @@ from bosun.service import Service
 from bosun.store.sql import SqlStore
 from tests.conftest import FAST_LIMITS
 from tests.serverkit import serving as api_serving
-from tests.sshd import (  # noqa: F401 (fixtures)
-    SshdFleet,
-    SshHost,
-    ssh_client_home_fixture,
-    ssh_client_key_fixture,
-    sshd_fixture,
-)
+from tests.sshd import SshdFleet, SshHost
 from tests.test_cli import BOSUN
 from tests.test_fleet_faults import toml_text
 from tests.test_hosts_dispatch import _has_output, events, serving, until

@@ -26,13 +26,7 @@ from bosun.models import RunStatus, TaskSpec, TaskStatus
 from bosun.service import Service, make_providers
 from bosun.store.base import HostStore
 from tests.conftest import SettingsFactory
-from tests.sshd import (  # noqa: F401 (fixtures)
-    SshdFleet,
-    SshHost,
-    ssh_client_home_fixture,
-    ssh_client_key_fixture,
-    sshd_fixture,
-)
+from tests.sshd import SshdFleet, SshHost
 from tests.test_hosts_dispatch import _has_output, events, serving, settled, until
 
 pytestmark = [pytest.mark.ssh, pytest.mark.usefixtures("ssh_client_home")]

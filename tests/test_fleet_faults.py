@@ -40,13 +40,7 @@ from bosun.config import load_settings
 from bosun.hosts.health import unreachable_limit
 from bosun.models import Event, Run, RunStatus, TaskSpec, TaskStatus
 from bosun.service import Service
-from tests.sshd import (  # noqa: F401 (fixtures)
-    SshdFleet,
-    SshHost,
-    ssh_client_home_fixture,
-    ssh_client_key_fixture,
-    sshd_fixture,
-)
+from tests.sshd import SshdFleet, SshHost
 
 pytestmark = pytest.mark.ssh
 

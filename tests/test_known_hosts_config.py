@@ -29,13 +29,7 @@ from bosun.config import HostConfig
 from bosun.errors import ConfigError, HostKeyError
 from bosun.providers.ssh import SshProvider, trust_host_key
 from bosun.providers.ssh_keys import known_hosts_files, ssh_known_hosts
-from tests.sshd import (  # noqa: F401 (fixtures)
-    SshdFleet,
-    SshHost,
-    ssh_client_home_fixture,
-    ssh_client_key_fixture,
-    sshd_fixture,
-)
+from tests.sshd import SshdFleet, SshHost
 
 pytestmark = [pytest.mark.ssh, pytest.mark.usefixtures("ssh_client_home")]
 

@@ -34,12 +34,7 @@ from bosun.workspace import Workspace
 from tests.conftest import SettingsFactory, git
 from tests.fakes import FakeModelServer, Text, ToolCall
 from tests.realcli import need, run_task
-from tests.sshd import (  # noqa: F401 (fixtures)
-    SshdFleet,
-    ssh_client_home_fixture,
-    ssh_client_key_fixture,
-    sshd_fixture,
-)
+from tests.sshd import SshdFleet
 
 pytestmark = [pytest.mark.realcli, pytest.mark.ssh]
 

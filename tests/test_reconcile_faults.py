@@ -38,13 +38,7 @@ from bosun.scheduler import Caps, HostSlot, plan
 from bosun.service import Service
 from tests.conftest import SettingsFactory
 from tests.factories import make_task
-from tests.sshd import (  # noqa: F401 (fixtures)
-    SshdFleet,
-    SshHost,
-    ssh_client_home_fixture,
-    ssh_client_key_fixture,
-    sshd_fixture,
-)
+from tests.sshd import SshdFleet, SshHost
 from tests.test_dispatch_burst import burst, group_alive
 from tests.test_hosts_dispatch import _has_output, events, serving, settled, until
 

@@ -25,13 +25,7 @@ from bosun.providers.ssh import SshProvider
 from bosun.providers.ssh_conn import Address, Forward, parse_address, parse_forward
 from bosun.service import make_providers
 from tests.conftest import SettingsFactory
-from tests.sshd import (  # noqa: F401
-    SshdFleet,
-    SshHost,
-    ssh_client_home_fixture,
-    ssh_client_key_fixture,
-    sshd_fixture,
-)
+from tests.sshd import SshdFleet, SshHost
 
 pytestmark = [pytest.mark.ssh, pytest.mark.usefixtures("ssh_client_home")]
 

@@ -11,13 +11,7 @@ import pytest
 from bosun.config import HostConfig
 from bosun.errors import HostKeyError, HostUnreachable
 from bosun.providers.ssh import SshProvider, fetch_host_key, trust_host_key
-from tests.sshd import (  # noqa: F401
-    SshdFleet,
-    SshHost,
-    ssh_client_home_fixture,
-    ssh_client_key_fixture,
-    sshd_fixture,
-)
+from tests.sshd import SshdFleet, SshHost
 
 pytestmark = [pytest.mark.ssh, pytest.mark.usefixtures("ssh_client_home")]
 

@@ -31,13 +31,7 @@ from tests.provider_contract import (
     wait_exit,
     wait_file,
 )
-from tests.sshd import (  # noqa: F401
-    SshdFleet,
-    SshHost,
-    ssh_client_home_fixture,
-    ssh_client_key_fixture,
-    sshd_fixture,
-)
+from tests.sshd import SshdFleet, SshHost
 
 pytestmark = pytest.mark.ssh
 

@@ -37,13 +37,7 @@ from bosun.providers import ssh_keys
 from bosun.providers.ssh import SshProvider, trust_host_key
 from bosun.providers.ssh_keys import ssh_config_files, ssh_known_hosts
 from tests.agent_clis import in_ci
-from tests.sshd import (  # noqa: F401 (fixtures)
-    SshdFleet,
-    SshHost,
-    ssh_client_home_fixture,
-    ssh_client_key_fixture,
-    sshd_fixture,
-)
+from tests.sshd import SshdFleet, SshHost
 from tests.test_known_hosts_config import alias_block, bosun_decides, strict_login
 
 pytestmark = [pytest.mark.ssh]

@@ -17,7 +17,7 @@ from bosun.providers.base import ExecResult
 from bosun.providers.ssh import SshProvider
 from bosun.workspace import RepoSpec, Workspace
 from tests.gitrepos import bare_origin, git
-from tests.sshd import SshdFleet, SshHost, ssh_client_key_fixture, sshd_fixture  # noqa: F401 (fixtures)
+from tests.sshd import SshdFleet
 
 pytestmark = pytest.mark.ssh
 
