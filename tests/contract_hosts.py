@@ -8,13 +8,14 @@ the same database, as another process would open it).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from bosun.errors import InputError, NotFound
-from bosun.models import RunStatus, TaskSpec
+from bosun.errors import BosunError, InputError, NotFound
+from bosun.models import NewEvent, Run, RunStatus, Task, TaskSpec, TaskStatus
 from bosun.store.base import HostStore, Store
 
 
@@ -172,3 +173,193 @@ class HostStoreContract:
         both = await hs.host_runs("a", [RunStatus.LOST, RunStatus.STARTING])
         assert [r.id for r in both] == [a.id, c.id]
         assert await hs.host_runs("a", []) == []
+
+    # -- the runs a host waits for, and forgetting them ----------------------------------
+    async def test_waiting_runs_are_the_abandoned_and_the_unfollowed_ones(
+        self, store: Store
+    ) -> None:
+        hs = _hs(store)
+        w = await _waiting_fixture(store)
+        found = await hs.waiting_runs("h1")
+        assert [(x.run.id, x.why, x.task_status) for x in found] == [
+            (w.abandoned.id, "abandoned", TaskStatus.QUEUED),
+            (w.pending.id, "cancel_pending", TaskStatus.CANCELLED),
+        ]
+        gave_up, pending = found
+        assert gave_up.since == w.abandoned_at
+        assert pending.since is not None and pending.since == w.pending_at
+        row = pending.to_json()
+        assert row["run_id"] == w.pending.id and row["task_id"] == w.pending.task_id
+        assert row["why"] == "cancel_pending" and "cancelled" in row["reason"]
+        assert row["run_dir"] == "/runs/p" and row["pgid"] == 7
+        assert [x.run.id for x in await hs.waiting_runs("h2")] == [w.elsewhere.id]
+        assert [x.run.id for x in await hs.waiting_runs()] == [
+            w.abandoned.id,
+            w.pending.id,
+            w.elsewhere.id,
+        ]
+        assert await hs.waiting_runs("nobody") == []
+
+    async def test_forgotten_runs_wait_no_more_and_each_gets_an_event(self, store: Store) -> None:
+        hs = _hs(store)
+        w = await _waiting_fixture(store)
+        before = {t.id: t for t in await store.list_tasks()}
+        forgotten = await hs.forget_runs(
+            "h1", [w.pending.id, w.abandoned.id], by="ops@example", note="host reimaged"
+        )
+        assert [(e.kind, e.run_id, e.task_id) for e in forgotten] == [
+            ("run.forgotten", w.abandoned.id, w.abandoned.task_id),
+            ("run.forgotten", w.pending.id, w.pending.task_id),
+        ]
+        first = forgotten[0].data
+        assert first == {
+            "run_id": w.abandoned.id,
+            "host": "h1",
+            "why": "abandoned",
+            "reason": first["reason"],
+            "task_status": "queued",
+            "by": "ops@example",
+            "note": "host reimaged",
+        }
+        assert "given up" in first["reason"]
+        assert forgotten[1].data["why"] == "cancel_pending"
+        assert [e.id for e in await store.events_since(0) if e.kind == "run.forgotten"] == [
+            e.id for e in forgotten
+        ]
+        assert [x.run.id for x in await hs.waiting_runs("h1")] == []
+        assert [x.run.id for x in await hs.waiting_runs()] == [w.elsewhere.id]
+        gave_up = await store.get_run(w.abandoned.id)
+        assert gave_up.ref["abandoned"] == "forgotten" and gave_up.status is RunStatus.LOST
+        assert gave_up.ref["forgotten"]["by"] == "ops@example"
+        assert gave_up.ref["forgotten"]["note"] == "host reimaged"
+        assert gave_up.ref["run_dir"] == "/runs/a"  # the rest of the reference is kept
+        pending = await store.get_run(w.pending.id)
+        assert pending.status is RunStatus.LOST and pending.ended_at is not None
+        assert pending.error is not None and "forgotten by ops@example" in pending.error
+        # nothing already accepted is lost: the tasks are as they were
+        assert {t.id: t for t in await store.list_tasks()} == before
+
+    async def test_forgetting_what_does_not_wait_is_refused_and_changes_nothing(
+        self, store: Store
+    ) -> None:
+        hs = _hs(store)
+        w = await _waiting_fixture(store)
+        cases: list[tuple[list[int], type[BosunError], str, str]] = [
+            ([w.abandoned.id, 9999], NotFound, "run 9999 does not exist", "hosts waiting h1"),
+            ([w.elsewhere.id], InputError, "ran on host h2, not on h1", "forget h2"),
+            ([w.followed.id], InputError, "current run of task", "bosun cancel"),
+            ([w.reconciled.id], InputError, "stopped by a reconcile", "hosts waiting h1"),
+            (
+                [w.ended.id],
+                InputError,
+                "not waiting to be stopped \\(status succeeded\\)",
+                "hosts waiting h1",
+            ),
+            ([], InputError, "no run to forget", "run id"),
+        ]
+        for ids, kind, message, hint in cases:
+            with pytest.raises(kind, match=message) as err:
+                await hs.forget_runs("h1", ids, by="ops")
+            assert err.value.hint is not None and hint in err.value.hint, err.value.hint
+        with pytest.raises(InputError, match="by="):
+            await hs.forget_runs("h1", [w.abandoned.id], by=" ")
+        with pytest.raises(InputError, match="note"):
+            await hs.forget_runs("h1", [w.abandoned.id], by="ops", note="x" * 1001)
+        # all or nothing: the waiting run named with the unknown one still waits
+        assert len(await hs.waiting_runs("h1")) == 2
+        assert [e for e in await store.events_since(0) if e.kind == "run.forgotten"] == []
+        await hs.forget_runs("h1", [w.abandoned.id], by="ops")
+        with pytest.raises(InputError, match="forgotten already \\(by ops at ") as err:
+            await hs.forget_runs("h1", [w.abandoned.id], by="someone else")
+        assert (await store.get_run(w.abandoned.id)).ref["forgotten"]["by"] == "ops"
+
+    async def test_a_run_forgotten_from_two_stores_at_once_is_forgotten_once(
+        self, store: Store, peer_store: Store
+    ) -> None:
+        w = await _waiting_fixture(store)
+        results = await asyncio.gather(
+            *(
+                _hs(s).forget_runs("h1", [w.pending.id], by=f"ops{i}")
+                for i, s in enumerate((store, peer_store, store, peer_store))
+            ),
+            return_exceptions=True,
+        )
+        won = [r for r in results if not isinstance(r, BaseException)]
+        lost = [r for r in results if isinstance(r, BaseException)]
+        assert len(won) == 1 and len(lost) == 3, results
+        assert all(isinstance(e, InputError) and "already" in e.message for e in lost), lost
+        events = [e for e in await store.events_since(0) if e.kind == "run.forgotten"]
+        assert [e.id for e in events] == [won[0][0].id]
+
+
+@dataclass
+class _Waiting:
+    abandoned: Run  # h1, given up; its task queued again
+    abandoned_at: datetime
+    pending: Run  # h1, going, its task cancelled (bosun cancel could not stop it)
+    pending_at: datetime
+    elsewhere: Run  # h2, given up
+    followed: Run  # h1, the current run of a running task
+    reconciled: Run  # h1, given up and since stopped by a reconcile
+    ended: Run  # h1, succeeded
+
+
+async def _running(store: Store, host: str) -> Task:
+    task = await store.add_task(TaskSpec(title=f"on {host}"), max_attempts=3)
+    now = datetime.now(UTC)
+    claimed = await store.claim(task.id, owner="d1", host=host, lease_seconds=60, now=now)
+    assert claimed is not None and claimed.attempt == 1
+    return claimed
+
+
+async def _going(store: Store, task: Task, host: str, name: str) -> Run:
+    ref = {"run_dir": f"/runs/{name}", "pgid": 7}
+    return await store.add_run(task.id, attempt=task.attempt, host=host, agent="echo", ref=ref)
+
+
+async def _given_up(store: Store, host: str, name: str, abandoned: object = True) -> Run:
+    task = await _running(store, host)
+    run = await _going(store, task, host, name)
+    ended = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    run = await store.update_run(
+        run.id,
+        status=RunStatus.LOST,
+        ended_at=ended,
+        ref={**run.ref, "abandoned": abandoned},
+    )
+    await store.transition(task.id, TaskStatus.QUEUED, reason="given up")
+    return run
+
+
+async def _waiting_fixture(store: Store) -> _Waiting:
+    """Runs on h1 and h2 of every kind: waiting or not."""
+    abandoned = await _given_up(store, "h1", "a")
+    doomed = await _running(store, "h1")
+    pending = await _going(store, doomed, "h1", "p")
+    await store.transition(doomed.id, TaskStatus.CANCELLED, reason="cancelled by a user")
+    said = await store.append_event(
+        NewEvent(
+            "run.cancel_pending",
+            {"run_id": pending.id, "host": "h1", "error": "no route", "unreachable": True},
+            task_id=doomed.id,
+            run_id=pending.id,
+        )
+    )
+    elsewhere = await _given_up(store, "h2", "e")
+    followed = await _going(store, await _running(store, "h1"), "h1", "f")
+    reconciled = await _given_up(store, "h1", "r", abandoned="reconciled")
+    ended = await _going(store, await _running(store, "h1"), "h1", "s")
+    ended = await store.update_run(ended.id, status=RunStatus.SUCCEEDED, exit_code=0)
+    not_a_dir = await _running(store, "h1")  # a run with no run directory: nothing to stop
+    await store.add_run(not_a_dir.id, attempt=1, host="h1", agent="echo", ref={})
+    await store.transition(not_a_dir.id, TaskStatus.CANCELLED, reason="cancelled")
+    return _Waiting(
+        abandoned=abandoned,
+        abandoned_at=datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
+        pending=pending,
+        pending_at=said.created_at,
+        elsewhere=elsewhere,
+        followed=followed,
+        reconciled=reconciled,
+        ended=ended,
+    )

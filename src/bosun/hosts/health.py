@@ -22,7 +22,10 @@
   agent): the hosts found with such runs at start-up (``scan``), and every host that
   comes back, until its reconcile has ended. A run is taken as reconciled only once it
   is stopped or its provider finds it gone; a host that stops answering meanwhile is
-  marked down, and the rest waits for its next reconcile, when it answers again.
+  marked down, and the rest waits for its next reconcile, when it answers again. Which
+  runs a host waits for is ``bosun.hosts.waiting``'s rule (read through
+  ``HostStore.waiting_runs``); a run an operator took over (``bosun hosts forget``) is
+  not among them any more, so the host's next reconcile lets it take work again.
 
 Runs on a host that is unreachable for a while are handled by ``execution.Attempt``:
 their follower waits, re-attaches when the host answers again, and gives up (the task is
@@ -46,6 +49,7 @@ from bosun.errors import BosunError, ConfigError, HostKeyError, HostUnreachable,
 from bosun.hosts.capabilities import probe
 from bosun.hosts.check import ProviderFactory
 from bosun.hosts.registry import Host, Registry, merge, with_hosts
+from bosun.hosts.waiting import ABANDONED
 from bosun.models import ErrorKind, NewEvent, Run, RunStatus, Task, TaskStatus
 from bosun.providers.base import Provider
 from bosun.providers.local import redact
@@ -296,10 +300,8 @@ class Fleet:
         if self.host_store is None:
             return
         for host in self.hosts:
-            if host.name in self.providers:
-                abandoned, orphans = await self._strays(host.name, self.host_store)
-                if abandoned or orphans:
-                    self.unreconciled.add(host.name)
+            if host.name in self.providers and await self.host_store.waiting_runs(host.name):
+                self.unreconciled.add(host.name)
 
     async def reconcile(self, name: str) -> int:
         """Kill what is left of the runs bosun gave up on while ``name`` was unreachable,
@@ -319,13 +321,18 @@ class Fleet:
         stopped: list[bool | None] = []  # per run: killed, was not running, left as it is
         problems: list[str] = []  # why runs were left as they are
         try:
-            abandoned, orphans = await self._strays(name, self.host_store)
-            if abandoned or orphans:
+            # what an operator forgot (`bosun hosts forget`) is not here any more
+            strays = await self.host_store.waiting_runs(name)
+            if strays:
                 self.unreconciled.add(name)  # (for the start-up scan's hosts, already)
-            for run in abandoned:
-                stopped.append(await self._reconcile_abandoned(name, provider, run, problems))
-            for run, task in orphans:
-                stopped.append(await self._reconcile_orphan(name, provider, run, task, problems))
+            for stray in strays:
+                if stray.why == ABANDONED:
+                    done = await self._reconcile_abandoned(name, provider, stray.run, problems)
+                else:
+                    done = await self._reconcile_orphan(
+                        name, provider, stray.run, stray.task_status, problems
+                    )
+                stopped.append(done)
         except _HostLost as lost:
             log.warning(
                 "host %s stopped answering while bosun stopped runs there (%s); "
@@ -367,39 +374,6 @@ class Fleet:
                     },
                 )
             )
-
-    async def _strays(
-        self, name: str, hosts: HostStore
-    ) -> tuple[list[Run], list[tuple[Run, Task]]]:
-        """The runs to reconcile on ``name``: those given up on (``abandoned``), and
-        those recorded as going that no dispatcher follows, with their task. A
-        dispatcher follows only a running task's current attempt; the others' task was
-        cancelled (or cancelled and queued again) while ``bosun cancel`` could not reach
-        the host (``run.cancel_pending``)."""
-        abandoned = [
-            run
-            for run in await hosts.host_runs(name, [RunStatus.LOST])
-            if run.ref.get("abandoned") is True
-        ]
-        going = [
-            run
-            for run in await hosts.host_runs(name, [RunStatus.STARTING, RunStatus.RUNNING])
-            if "run_dir" in run.ref
-        ]
-        # one read for the followed ones (at start-up every running task's run is here),
-        # then a task of its own only for each run that looks like an orphan
-        followed = {(t.id, t.attempt) for t in await self.store.running()} if going else set()
-        orphans: list[tuple[Run, Task]] = []
-        for run in going:
-            if (run.task_id, run.attempt) in followed:
-                continue
-            try:
-                task = await self.store.get_task(run.task_id)
-            except BosunError:
-                continue
-            if not (task.status is TaskStatus.RUNNING and task.attempt == run.attempt):
-                orphans.append((run, task))
-        return abandoned, orphans
 
     async def stop_now(self, name: str, run: Run) -> bool:
         """Stop ``run`` on host ``name`` now, for an attempt that failed inside bosun:
@@ -459,16 +433,16 @@ class Fleet:
         return alive
 
     async def _reconcile_orphan(
-        self, name: str, provider: Provider, run: Run, task: Task, problems: list[str]
+        self, name: str, provider: Provider, run: Run, task_status: TaskStatus, problems: list[str]
     ) -> bool | None:
-        """Stop a run no dispatcher follows and record its end; whether it was still
-        running, None when it could not be stopped. ``_HostLost`` when the host does not
-        answer."""
+        """Stop a run no dispatcher follows (its task is now in ``task_status``) and record
+        its end; whether it was still running, None when it could not be stopped.
+        ``_HostLost`` when the host does not answer."""
         stopped = await self._try_stop(name, provider, run, problems, with_code=True)
         if stopped is None:
             return None
         alive, code = stopped
-        cancelled = task.status is TaskStatus.CANCELLED
+        cancelled = task_status is TaskStatus.CANCELLED
         with contextlib.suppress(BosunError):
             await self.store.update_run(
                 run.id,

@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from bosun.hosts.records import HostRecord
+from bosun.hosts.waiting import WaitingRun
 from bosun.models import (
     Event,
     ExecutionMode,
@@ -448,6 +449,28 @@ class HostStore(Protocol):
 
     async def host_runs(self, host: str, statuses: Collection[RunStatus]) -> list[Run]:
         """Runs on ``host`` in one of ``statuses``, by id."""
+        ...
+
+    async def waiting_runs(self, host: str | None = None) -> list[WaitingRun]:
+        """The runs ``host`` (None: every host) waits for before it gets new work: given
+        up (``abandoned``), or recorded as going while their task does not run them
+        (``cancel_pending``), by id (``bosun.hosts.waiting``)."""
+        ...
+
+    async def forget_runs(
+        self,
+        host: str,
+        run_ids: Collection[int],
+        *,
+        by: str,
+        note: str | None = None,
+        now: datetime | None = None,
+    ) -> list[Event]:
+        """Mark runs ``host`` waits for as taken over by an operator (``by``), so that
+        they are waited for no more, each with a ``run.forgotten`` event, all in one
+        transaction; their tasks are left as they are. ``NotFound`` for an unknown run,
+        ``InputError`` (saying why) for one that is not waiting on ``host``; then nothing
+        is changed."""
         ...
 
 

@@ -5,6 +5,12 @@ its configuration, or only the state of a host of ``bosun.toml``: drained, detec
 capabilities, health. Health changes append ``host.unhealthy`` / ``host.healthy`` events
 in the same transaction, with a conditional update, so that several dispatchers checking
 the same host record each change once.
+
+The runs a host waits for (``bosun.hosts.waiting``) are read here too, and an operator's
+``forget_runs`` checks that each run still waits and marks it, with its
+``run.forgotten`` event, in one transaction (the runs' rows locked on PostgreSQL, in id
+order, before anything else: a run's row comes before any task row in bosun's lock
+order).
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from sqlalchemy.exc import IntegrityError
 
 from bosun.errors import InputError, NotFound, StoreError
 from bosun.hosts.records import HEALTH_STATES, SOURCES, HostRecord
-from bosun.models import NewEvent, Run, RunStatus
-from bosun.store.rows import aware, json_object, new_event_values, run_from_row
-from bosun.store.schema import events, hosts, runs
+from bosun.hosts.waiting import ABANDONED, GOING, WaitingRun, describe, not_waiting, why_waiting
+from bosun.models import ErrorKind, Event, NewEvent, Run, RunStatus, TaskStatus
+from bosun.store.rows import aware, event_from_row, json_object, new_event_values, run_from_row
+from bosun.store.schema import events, hosts, runs, tasks
 from bosun.store.sql_base import SqlBase, Tx, shielded, utcnow
 
 #: Columns ``update_host`` may set.
@@ -30,6 +37,43 @@ HOST_FIELDS = frozenset({"drained", "capabilities", "health", "health_error", "c
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _BY_NAME = sa.select(hosts).where(hosts.c.name == sa.bindparam("name"))
+
+#: At most this many runs forgotten in one call; ``by`` and ``note`` at most this long.
+MAX_FORGET = 1000
+MAX_BY = 200
+MAX_NOTE = 1000
+
+#: Runs that may be waiting for their host's reconcile, with their task's state.
+_MAYBE_WAITING = (
+    sa.select(runs, tasks.c.status.label("task_status"), tasks.c.attempt.label("task_attempt"))
+    .join(tasks, tasks.c.id == runs.c.task_id)
+    .where(runs.c.status.in_([s.value for s in (RunStatus.LOST, *GOING)]))
+    .order_by(runs.c.id)
+)
+_MAYBE_WAITING_ON = _MAYBE_WAITING.where(runs.c.host == sa.bindparam("host"))
+#: When ``bosun cancel`` said it could not stop a run (``run.cancel_pending``).
+_CANCEL_PENDING_AT = (
+    sa.select(events.c.created_at)
+    .where(
+        events.c.task_id == sa.bindparam("task_id"),
+        events.c.run_id == sa.bindparam("run_id"),
+        events.c.kind == "run.cancel_pending",
+    )
+    .order_by(events.c.id.desc())
+    .limit(1)
+)
+# FOR NO KEY UPDATE: the check that a run waits and its mark are one step; the task's
+# state is read, not locked (a run nobody follows is never followed again).
+_RUNS_TO_FORGET = (
+    sa.select(runs)
+    .where(runs.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(runs.c.id)
+    .with_for_update(key_share=True)
+)
+_INSERT_EVENTS = sa.insert(events).returning(*events.c, sort_by_parameter_order=True)
+_TASK_STATES = sa.select(tasks.c.id, tasks.c.status, tasks.c.attempt).where(
+    tasks.c.id.in_(sa.bindparam("ids", expanding=True))
+)
 
 
 def host_from_row(row: RowMapping) -> HostRecord:
@@ -251,6 +295,115 @@ class HostMethods(SqlBase):
         async with self._read() as conn:
             return [run_from_row(r) for r in (await conn.execute(stmt)).mappings()]
 
+    async def waiting_runs(self, host: str | None = None) -> list[WaitingRun]:
+        """The runs ``host`` (None: every host) waits for before it gets new work (see
+        ``bosun.hosts.waiting``), by id."""
+        stmt, params = (_MAYBE_WAITING, {}) if host is None else (_MAYBE_WAITING_ON, {"host": host})
+        found: list[WaitingRun] = []
+        async with self._read(single=False) as conn:
+            for row in (await conn.execute(stmt, params)).mappings().all():
+                run = run_from_row(row)
+                why = why_waiting(run, TaskStatus(row["task_status"]), row["task_attempt"])
+                if why is None:
+                    continue
+                since: datetime | None = run.ended_at or run.started_at
+                if why != ABANDONED:
+                    ids = {"task_id": run.task_id, "run_id": run.id}
+                    since = (await conn.execute(_CANCEL_PENDING_AT, ids)).scalar()
+                found.append(WaitingRun(run, TaskStatus(row["task_status"]), why, since))
+        return found
+
+    async def forget_runs(
+        self,
+        host: str,
+        run_ids: Collection[int],
+        *,
+        by: str,
+        note: str | None = None,
+        now: datetime | None = None,
+    ) -> list[Event]:
+        """An operator takes responsibility for runs ``host`` waits for: the reconcile no
+        longer stops them, and the host gets new work at its next reconcile. Each run is
+        marked (``ref["forgotten"]`` {by, at, note, why}; an abandoned run's
+        ``ref["abandoned"]`` becomes ``"forgotten"``; one recorded as going is recorded
+        ``lost``) and gets a ``run.forgotten`` event {run_id, host, why, reason,
+        task_status, by, note}; their tasks are left as they are. All of them or none:
+        ``NotFound`` for an unknown run, ``InputError`` for a run that is not waiting on
+        ``host`` (another host's, one stopped or forgotten already, one a dispatcher
+        follows, one that ended). Returns the events."""
+        ids = sorted(set(run_ids))
+        if not ids:
+            raise InputError("no run to forget", "name at least one run id")
+        if len(ids) > MAX_FORGET:
+            raise InputError(
+                f"{len(ids)} runs to forget at once; at most {MAX_FORGET}",
+                "forget them in several calls",
+            )
+        if not _text(by, MAX_BY) or not by.strip():
+            raise InputError(
+                f"by={by!r} must name who forgets the runs",
+                f"1-{MAX_BY} printable characters",
+            )
+        if note is not None and not _text(note, MAX_NOTE):
+            raise InputError(
+                f"the note is not a printable text of at most {MAX_NOTE} characters",
+                "shorten it, on one line",
+            )
+        when = aware(now or utcnow(), "now")
+        return await self._forget_runs(host, ids, by.strip(), note, when)
+
+    @shielded
+    async def _forget_runs(
+        self, host: str, ids: list[int], by: str, note: str | None, now: datetime
+    ) -> list[Event]:
+        async with self._write() as tx:
+            rows = (await tx.conn.execute(_RUNS_TO_FORGET, {"ids": ids})).mappings().all()
+            found = {row["id"]: run_from_row(row) for row in rows}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise NotFound(
+                    f"run {missing[0]} does not exist",
+                    f"`bosun hosts waiting {host}` lists the runs host {host} waits for",
+                )
+            task_ids = sorted({run.task_id for run in found.values()})
+            states = {
+                r.id: (TaskStatus(r.status), r.attempt)
+                for r in await tx.conn.execute(_TASK_STATES, {"ids": task_ids})
+            }
+            new: list[NewEvent] = []
+            for run_id in ids:
+                run = found[run_id]
+                status, attempt = states[run.task_id]
+                why = why_waiting(run, status, attempt) if run.host == host else None
+                if why is None:
+                    raise not_waiting(run, status, attempt, host)
+                mark = {"by": by, "at": now.isoformat(), "note": note, "why": why}
+                values: dict[str, Any] = {"ref": {**run.ref, "forgotten": mark}}
+                if why == ABANDONED:
+                    values["ref"]["abandoned"] = "forgotten"
+                else:  # nothing says it ended: bosun lost it
+                    values.update(
+                        status=RunStatus.LOST.value,
+                        error_kind=ErrorKind.LOST.value,
+                        error=f"forgotten by {by}: bosun no longer tries to stop it",
+                        ended_at=now,
+                    )
+                await tx.write(sa.update(runs).where(runs.c.id == run_id).values(**values))
+                data = {
+                    "run_id": run_id,
+                    "host": host,
+                    "why": why,
+                    "reason": describe(run, why),
+                    "task_status": status.value,
+                    "by": by,
+                    "note": note,
+                }
+                new.append(NewEvent("run.forgotten", data, task_id=run.task_id, run_id=run_id))
+            await self._ops.lock_event_log(tx.conn)
+            values_list = [new_event_values(e, now) for e in new]
+            stored = (await tx.write(_INSERT_EVENTS, values_list)).mappings()
+            return [event_from_row(r) for r in stored]
+
     # -- helpers -------------------------------------------------------------------------
     async def _load(self, tx: Tx, name: str) -> HostRecord:
         row = (await tx.conn.execute(_BY_NAME, {"name": name})).mappings().first()
@@ -276,6 +429,15 @@ class HostMethods(SqlBase):
             **values,
         }
         await tx.write(sa.insert(hosts), row)
+
+
+def _text(value: object, limit: int) -> bool:
+    """A printable one-line text of at most ``limit`` characters."""
+    return (
+        isinstance(value, str)
+        and len(value) <= limit
+        and not any(ord(c) < 32 or ord(c) == 127 for c in value)
+    )
 
 
 def _host_not_found(name: str) -> NotFound:
