@@ -179,7 +179,7 @@ class HostStoreContract:
         self, store: Store
     ) -> None:
         hs = _hs(store)
-        w = await _waiting_fixture(store)
+        w = await seed_waiting(store)
         found = await hs.waiting_runs("h1")
         assert [(x.run.id, x.why, x.task_status) for x in found] == [
             (w.abandoned.id, "abandoned", TaskStatus.QUEUED),
@@ -202,7 +202,7 @@ class HostStoreContract:
 
     async def test_forgotten_runs_wait_no_more_and_each_gets_an_event(self, store: Store) -> None:
         hs = _hs(store)
-        w = await _waiting_fixture(store)
+        w = await seed_waiting(store)
         before = {t.id: t for t in await store.list_tasks()}
         forgotten = await hs.forget_runs(
             "h1", [w.pending.id, w.abandoned.id], by="ops@example", note="host reimaged"
@@ -243,7 +243,7 @@ class HostStoreContract:
         self, store: Store
     ) -> None:
         hs = _hs(store)
-        w = await _waiting_fixture(store)
+        w = await seed_waiting(store)
         cases: list[tuple[list[int], type[BosunError], str, str]] = [
             ([w.abandoned.id, 9999], NotFound, "run 9999 does not exist", "hosts waiting h1"),
             ([w.elsewhere.id], InputError, "ran on host h2, not on h1", "forget h2"),
@@ -276,7 +276,7 @@ class HostStoreContract:
     async def test_a_run_forgotten_from_two_stores_at_once_is_forgotten_once(
         self, store: Store, peer_store: Store
     ) -> None:
-        w = await _waiting_fixture(store)
+        w = await seed_waiting(store)
         results = await asyncio.gather(
             *(
                 _hs(s).forget_runs("h1", [w.pending.id], by=f"ops{i}")
@@ -293,7 +293,9 @@ class HostStoreContract:
 
 
 @dataclass
-class _Waiting:
+class Waiting:
+    """What ``seed_waiting`` made (``h1`` / ``h2``: the hosts it was given)."""
+
     abandoned: Run  # h1, given up; its task queued again
     abandoned_at: datetime
     pending: Run  # h1, going, its task cancelled (bosun cancel could not stop it)
@@ -302,6 +304,10 @@ class _Waiting:
     followed: Run  # h1, the current run of a running task
     reconciled: Run  # h1, given up and since stopped by a reconcile
     ended: Run  # h1, succeeded
+
+
+#: When ``seed_waiting``'s given-up runs ended.
+GIVEN_UP_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 async def _running(store: Store, host: str) -> Task:
@@ -318,44 +324,44 @@ async def _going(store: Store, task: Task, host: str, name: str) -> Run:
 
 
 async def _given_up(store: Store, host: str, name: str, abandoned: object = True) -> Run:
+    """A run on ``host`` given up (``abandoned``) at ``GIVEN_UP_AT``; its task queued."""
     task = await _running(store, host)
     run = await _going(store, task, host, name)
-    ended = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
     run = await store.update_run(
         run.id,
         status=RunStatus.LOST,
-        ended_at=ended,
+        ended_at=GIVEN_UP_AT,
         ref={**run.ref, "abandoned": abandoned},
     )
     await store.transition(task.id, TaskStatus.QUEUED, reason="given up")
     return run
 
 
-async def _waiting_fixture(store: Store) -> _Waiting:
-    """Runs on h1 and h2 of every kind: waiting or not."""
-    abandoned = await _given_up(store, "h1", "a")
-    doomed = await _running(store, "h1")
-    pending = await _going(store, doomed, "h1", "p")
+async def seed_waiting(store: Store, h1: str = "h1", h2: str = "h2") -> Waiting:
+    """Runs on hosts ``h1`` and ``h2`` of every kind: waiting for their host or not."""
+    abandoned = await _given_up(store, h1, "a")
+    doomed = await _running(store, h1)
+    pending = await _going(store, doomed, h1, "p")
     await store.transition(doomed.id, TaskStatus.CANCELLED, reason="cancelled by a user")
     said = await store.append_event(
         NewEvent(
             "run.cancel_pending",
-            {"run_id": pending.id, "host": "h1", "error": "no route", "unreachable": True},
+            {"run_id": pending.id, "host": h1, "error": "no route", "unreachable": True},
             task_id=doomed.id,
             run_id=pending.id,
         )
     )
-    elsewhere = await _given_up(store, "h2", "e")
-    followed = await _going(store, await _running(store, "h1"), "h1", "f")
-    reconciled = await _given_up(store, "h1", "r", abandoned="reconciled")
-    ended = await _going(store, await _running(store, "h1"), "h1", "s")
+    elsewhere = await _given_up(store, h2, "e")
+    followed = await _going(store, await _running(store, h1), h1, "f")
+    reconciled = await _given_up(store, h1, "r", abandoned="reconciled")
+    ended = await _going(store, await _running(store, h1), h1, "s")
     ended = await store.update_run(ended.id, status=RunStatus.SUCCEEDED, exit_code=0)
-    not_a_dir = await _running(store, "h1")  # a run with no run directory: nothing to stop
-    await store.add_run(not_a_dir.id, attempt=1, host="h1", agent="echo", ref={})
+    not_a_dir = await _running(store, h1)  # a run with no run directory: nothing to stop
+    await store.add_run(not_a_dir.id, attempt=1, host=h1, agent="echo", ref={})
     await store.transition(not_a_dir.id, TaskStatus.CANCELLED, reason="cancelled")
-    return _Waiting(
+    return Waiting(
         abandoned=abandoned,
-        abandoned_at=datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
+        abandoned_at=GIVEN_UP_AT,
         pending=pending,
         pending_at=said.created_at,
         elsewhere=elsewhere,

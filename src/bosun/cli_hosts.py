@@ -1,9 +1,10 @@
-"""``bosun hosts [list|add|rm|drain|enable|check|trust]``: the host registry.
+"""``bosun hosts [list|add|rm|drain|enable|check|trust|waiting|forget]``: the host
+registry.
 
 Plain ``bosun hosts`` lists the hosts (as ``bosun hosts list``). ``list``, ``add``,
-``rm``, ``drain``, ``enable`` and ``check`` also work against a bosun server
-(``--server``); ``trust`` records a host key in this machine's known_hosts and so works
-here only.
+``rm``, ``drain``, ``enable``, ``check``, ``waiting`` and ``forget`` also work against a
+bosun server (``--server``); ``trust`` records a host key in this machine's known_hosts
+and so works here only.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ __all__ = ["host_rows", "host_table", "hosts_app"]
 T = TypeVar("T")
 
 hosts_app = typer.Typer(
-    help="The machines that run agents: list, add, remove, drain, enable, check, trust.",
+    help="The machines that run agents: list, add, remove, drain, enable, check, trust; "
+    "the runs a host waits for (waiting) and forgetting them (forget).",
     invoke_without_command=True,
 )
 
@@ -75,10 +77,15 @@ def host_rows(config: Path | None) -> list[dict[str, Any]]:
 
 def _state(h: dict[str, Any]) -> str:
     if h.get("drained"):
-        return "[yellow]drained[/]"
-    if not h.get("enabled", True):
-        return "[dim]disabled[/]"
-    return "enabled"
+        state = "[yellow]drained[/]"
+    elif not h.get("enabled", True):
+        state = "[dim]disabled[/]"
+    else:
+        state = "enabled"
+    waiting = h.get("waiting_runs")
+    if waiting:  # no new work there until they are stopped (`bosun hosts waiting`)
+        state += f"\n[bold yellow]waits for {waiting} run(s)[/]"
+    return state
 
 
 def _health(h: dict[str, Any]) -> str:
@@ -374,6 +381,132 @@ def _print_check(r: dict[str, Any]) -> None:
         cli.err.print(f"[bold red]error:[/] {escape(str(r['error']))}")
         if r.get("hint"):
             cli.err.print(f"  [bold]fix:[/] {escape(str(r['hint']))}")
+
+
+@hosts_app.command("waiting")
+def hosts_waiting(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """The runs a host waits for: until bosun has stopped them (it tries at every health
+    check) the host gets no new work. They are runs bosun gave up on (the host was
+    unreachable, or an attempt failed inside bosun) and runs whose cancel could not reach
+    the host."""
+
+    async def local(svc: Any) -> dict[str, Any]:
+        return {"host": name, "runs": [w.to_json() for w in await svc.waiting_runs(name)]}
+
+    result = _act(config, local, "GET", f"/api/v1/hosts/{name}/waiting")
+    if as_json:
+        _print_json(result)
+        return
+    runs = result.get("runs") or []
+    if not runs:
+        _print(escape(f"host {name} waits for no run"))
+        return
+    table = Table()
+    for col in ("run", "task", "why", "since", "task now", "agent", "on the host"):
+        table.add_column(col, overflow="fold")
+    for r in runs:
+        where = " ".join(f"{k} {r[k]}" for k in ("run_dir", "pgid") if r.get(k) is not None)
+        table.add_row(
+            str(r.get("run_id")),
+            str(r.get("task_id")),
+            escape(str(r.get("reason") or r.get("why"))),
+            escape(_when(r.get("since"))),
+            escape(str(r.get("task_status", ""))),
+            escape(str(r.get("agent", ""))),
+            escape(where),
+        )
+    _print(table)
+    _print(
+        escape(
+            f"host {name} gets no new work until bosun has stopped these {len(runs)} run(s); "
+            "it tries again at every health check.\n"
+            "A run you have stopped yourself, or that you take responsibility for: "
+            f"`bosun hosts forget {name} RUN_ID` (or --all)."
+        )
+    )
+
+
+def _when(iso: Any) -> str:
+    """An ISO timestamp as ``2024-05-01 12:00:00 UTC``; "?" when there is none."""
+    from datetime import UTC, datetime
+
+    if not isinstance(iso, str):
+        return "?"
+    try:
+        return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return iso
+
+
+def _who() -> str:
+    """Who forgets runs from this machine, for the ``run.forgotten`` event (through a
+    server, the event names the API token instead)."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no user database entry
+        user = "unknown"
+    return f"cli {user}@{socket.gethostname()}"
+
+
+@hosts_app.command("forget")
+def hosts_forget(
+    name: str,
+    run_ids: Annotated[
+        list[int] | None,
+        typer.Argument(
+            help="Ids of runs the host waits for (`bosun hosts waiting NAME`).", show_default=False
+        ),
+    ] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every run the host waits for now.")] = False,
+    note: Annotated[
+        str | None,
+        typer.Option(help="What you did about them (kept in each run.forgotten event)."),
+    ] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop waiting for runs bosun cannot stop on a host, because you stopped them or
+    take responsibility for them: bosun no longer tries to stop them, a run.forgotten
+    event records who did it and when, and the host takes new work again at its next
+    health check (no restart). The runs' tasks keep their state (retried, waiting or
+    cancelled). All or none: an unknown run, or one the host does not wait for, is an
+    error and nothing is forgotten."""
+    ids = list(run_ids or ())
+    by = _who()
+
+    async def local(svc: Any) -> dict[str, Any]:
+        from bosun.hosts.waiting import forgotten_json
+
+        events = await svc.forget_runs(name, ids, every=every, by=by, note=note)
+        return {"host": name, "forgotten": [forgotten_json(e) for e in events]}
+
+    body: dict[str, Any] = {"runs": ids, "all": every}
+    if note is not None:
+        body["note"] = note
+    result = _act(config, local, "POST", f"/api/v1/hosts/{name}/forget", body)
+    if as_json:
+        _print_json(result)
+        return
+    forgotten = result.get("forgotten") or []
+    if not forgotten:
+        _print(escape(f"host {name} waits for no run: nothing to forget"))
+        return
+    for f in forgotten:
+        _print(
+            escape(
+                f"run {f.get('run_id')} (task {f.get('task_id')}, {f.get('task_status')}) "
+                f"on host {name} forgotten: bosun no longer tries to stop it"
+            )
+        )
+    _print(
+        escape(
+            f"host {name} takes new work again at its next health check, unless it waits "
+            f"for other runs (`bosun hosts waiting {name}`)"
+        )
+    )
 
 
 @hosts_app.command("trust")

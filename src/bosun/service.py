@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +21,7 @@ from bosun.errors import BosunError, HostUnreachable, InputError
 from bosun.hosts.check import CheckResult
 from bosun.hosts.manage import HostManager
 from bosun.hosts.registry import HostInfo
+from bosun.hosts.waiting import WaitingRun
 from bosun.models import (
     ErrorKind,
     Event,
@@ -366,6 +367,24 @@ class Service:
 
     async def check_host(self, name: str) -> CheckResult:
         return await self._hosts().check(name)
+
+    async def waiting_runs(self, name: str) -> list[WaitingRun]:
+        """The runs host ``name`` waits for: bosun stops them before it gets new work."""
+        return await self._hosts().waiting(name)
+
+    async def forget_runs(
+        self,
+        name: str,
+        run_ids: Collection[int],
+        *,
+        every: bool = False,
+        by: str,
+        note: str | None = None,
+    ) -> list[Event]:
+        """``by`` takes over runs host ``name`` waits for (``every``: all of them): bosun
+        stops trying to stop them, and the host takes work again at its next reconcile
+        (a running dispatcher's next health check). Their tasks keep their state."""
+        return await self._hosts().forget(name, run_ids, every=every, by=by, note=note)
 
     def _hosts(self) -> HostManager:
         return HostManager(self.settings, self.store, make_providers)

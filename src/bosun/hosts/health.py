@@ -369,8 +369,10 @@ class Fleet:
                         "host": name,
                         "error": redact("; ".join(problems))[:500],
                         "hint": "the host gets no new work until these runs are stopped; "
-                        "bosun tries again at every check (see `bosun hosts check`); a "
-                        "process in uninterruptible sleep must be stopped on the host",
+                        "bosun tries again at every check. A process in uninterruptible "
+                        "sleep must be stopped on the host; once you have seen to a run, "
+                        f"`bosun hosts forget {name} RUN_ID` (`bosun hosts waiting {name}` "
+                        "lists them) tells bosun to stop trying",
                     },
                 )
             )

@@ -1,19 +1,23 @@
 """Host operations behind ``Service`` (and so behind the CLI and the HTTP API).
 
 ``HostManager`` lists, registers (after a connectivity check), removes, drains, enables
-and checks hosts. Front ends call these through ``bosun.service.Service``.
+and checks hosts, lists the runs a host waits for and forgets them (an operator takes
+them over: see ``bosun.hosts.waiting``). Front ends call these through
+``bosun.service.Service``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from bosun.config import Settings
 from bosun.errors import InputError, StoreError
 from bosun.hosts.check import CheckResult, ProviderFactory, check_host
 from bosun.hosts.registry import Host, HostInfo, Registry, host_infos, merge, parse_host_config
+from bosun.hosts.waiting import WaitingRun
+from bosun.models import Event
 from bosun.store.base import HostStore, Store
 
 
@@ -36,7 +40,14 @@ class HostManager:
     async def infos(self, hosts: list[Host] | None = None) -> list[HostInfo]:
         hosts = hosts if hosts is not None else await self.registry.hosts()
         running = await self.store.running()
-        return host_infos(hosts, (t.assigned_host for t in running), self.settings.agents)
+        only = hosts[0].name if len(hosts) == 1 else None
+        waiting = await self.registry.store.waiting_runs(only)
+        return host_infos(
+            hosts,
+            (t.assigned_host for t in running),
+            self.settings.agents,
+            (w.run.host for w in waiting),
+        )
 
     async def info(self, name: str) -> HostInfo:
         host = await self.registry.get(name)
@@ -108,6 +119,43 @@ class HostManager:
         elif not result.reachable:
             await hs.record_health(name, healthy=False, error=result.error)
         return result
+
+    async def waiting(self, name: str) -> list[WaitingRun]:
+        """The runs host ``name`` waits for before it gets new work (``NotFound`` for an
+        unknown host)."""
+        await self.registry.get(name)
+        return await self.registry.store.waiting_runs(name)
+
+    async def forget(
+        self,
+        name: str,
+        run_ids: Collection[int],
+        *,
+        every: bool = False,
+        by: str,
+        note: str | None = None,
+    ) -> list[Event]:
+        """An operator (``by``) takes over runs host ``name`` waits for (``every``: all
+        it waits for now): bosun no longer tries to stop them, and the host takes new
+        work at its next reconcile. All or none; the ``run.forgotten`` events."""
+        await self.registry.get(name)
+        hs = self.registry.store
+        if every and run_ids:
+            raise InputError(
+                "name runs to forget or pass --all, not both",
+                f"`bosun hosts forget {name} RUN_ID...`, or `bosun hosts forget {name} --all`",
+            )
+        if every:
+            run_ids = [w.run.id for w in await hs.waiting_runs(name)]
+            if not run_ids:
+                return []
+        elif not run_ids:
+            raise InputError(
+                "no run to forget was named",
+                f"`bosun hosts waiting {name}` lists the runs host {name} waits for; name "
+                f"them (`bosun hosts forget {name} RUN_ID...`) or pass --all",
+            )
+        return await hs.forget_runs(name, run_ids, by=by, note=note)
 
     async def effective_settings(self) -> Settings:
         """The settings with every host of the registry (for providers and validation)."""

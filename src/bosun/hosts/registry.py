@@ -74,6 +74,7 @@ class HostInfo:
     host: Host
     running: int
     agents: tuple[str, ...]  # the agents it may run (its list, else every agent)
+    waiting: int = 0  # runs to stop there before it gets new work (bosun.hosts.waiting)
 
     @property
     def name(self) -> str:
@@ -94,6 +95,7 @@ class HostInfo:
             "checked_at": None if h.checked_at is None else h.checked_at.isoformat(),
             "max_concurrent": h.config.max_concurrent,
             "running": self.running,
+            "waiting_runs": self.waiting,
             "priority": h.config.priority,
             "agents": list(self.agents),
             "missing_agents": sorted(h.missing_agents()),
@@ -285,12 +287,22 @@ def with_hosts(settings: Settings, hosts: Sequence[Host]) -> Settings:
 
 
 def host_infos(
-    hosts: Sequence[Host], running_hosts: Iterable[str | None], agents: Iterable[str]
+    hosts: Sequence[Host],
+    running_hosts: Iterable[str | None],
+    agents: Iterable[str],
+    waiting_hosts: Iterable[str] = (),
 ) -> list[HostInfo]:
-    """``HostInfo`` rows: each host with its running count and the agents it may run."""
+    """``HostInfo`` rows: each host with its running count, the agents it may run and
+    how many runs it waits for (``waiting_hosts``: the host of each such run)."""
     load: dict[str, int] = {}
     for name in running_hosts:
         if name is not None:
             load[name] = load.get(name, 0) + 1
+    waiting: dict[str, int] = {}
+    for name in waiting_hosts:
+        waiting[name] = waiting.get(name, 0) + 1
     every = tuple(sorted(agents))
-    return [HostInfo(h, load.get(h.name, 0), tuple(h.config.agents) or every) for h in hosts]
+    return [
+        HostInfo(h, load.get(h.name, 0), tuple(h.config.agents) or every, waiting.get(h.name, 0))
+        for h in hosts
+    ]

@@ -1,9 +1,11 @@
-"""Hosts: list, register (after a connectivity check), drain, enable, check, remove.
+"""Hosts: list, register (after a connectivity check), drain, enable, check, remove; the
+runs a host waits for before it gets new work, and forgetting them.
 
-Admin tokens only. A host registered here is stored in the host registry like one added
-with ``bosun hosts add``; the fields that name programs or files on the server
-(``wake_command``, ``identity_file``, ``known_hosts``, ``ssh_config``) can only be set in
-``bosun.toml``, and ``remote_forwards`` neither.
+Admin tokens only (a ``run.forgotten`` event names the token that forgot a run). A host
+registered here is stored in the host registry like one added with ``bosun hosts add``;
+the fields that name programs or files on the server (``wake_command``,
+``identity_file``, ``known_hosts``, ``ssh_config``) can only be set in ``bosun.toml``,
+and ``remote_forwards`` neither.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from fastapi import APIRouter, Query, status
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bosun.hosts.waiting import forgotten_json
 from bosun.server.deps import AdminToken, ServiceDep
 from bosun.server.errors import ERROR_RESPONSES
 
 router = APIRouter(prefix="/api/v1/hosts", tags=["hosts"])
 
-__all__ = ["HostIn", "router"]
+__all__ = ["ForgetIn", "HostIn", "router"]
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 HostName = Annotated[str, PathParam(max_length=128, description="A host name")]
@@ -115,6 +118,10 @@ class HostOut(BaseModel):
     checked_at: str | None
     max_concurrent: int
     running: int
+    waiting_runs: int = Field(
+        description="Runs bosun must stop there before the host gets new work "
+        "(GET /api/v1/hosts/{name}/waiting)"
+    )
     priority: int
     agents: list[str]
     missing_agents: list[str] = Field(description="Agents the last check did not find")
@@ -141,6 +148,68 @@ class CheckOut(BaseModel):
     hint: str | None
     labels: list[str]
     capabilities: CapabilitiesOut | None
+
+
+class WaitingRunOut(BaseModel):
+    """A run its host waits for: bosun stops it before the host gets new work."""
+
+    run_id: int
+    task_id: int
+    attempt: int
+    host: str
+    agent: str
+    status: str = Field(description="The run's status: lost, starting or running")
+    why: Literal["abandoned", "cancel_pending"] = Field(
+        description="abandoned: given up (host unreachable, or an internal error); "
+        "cancel_pending: its task was cancelled while bosun could not stop it"
+    )
+    reason: str
+    since: str | None = Field(description="When it was given up, or its cancel failed")
+    task_status: str = Field(description="What its task is now (it keeps that state)")
+    error: str | None
+    run_dir: str | None = Field(description="The run's directory on the host")
+    pgid: int | None = Field(description="The run's process group on the host")
+
+
+class WaitingOut(BaseModel):
+    host: str
+    runs: list[WaitingRunOut]
+
+
+class ForgetIn(BaseModel):
+    """Runs to forget: ``runs`` (ids), or ``all`` the host waits for now; ``note`` is
+    kept in each ``run.forgotten`` event (what the operator did about it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runs: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list, max_length=1000)
+    all: bool = Field(default=False, description="Every run the host waits for now")
+    note: str | None = Field(default=None, min_length=1, max_length=1000)
+
+    @field_validator("note")
+    @classmethod
+    def _note(cls, value: str | None) -> str | None:
+        return _printable(value)
+
+
+class ForgottenOut(BaseModel):
+    """A ``run.forgotten`` event: who forgot which run, and what its task is."""
+
+    run_id: int
+    task_id: int | None
+    host: str
+    why: str
+    reason: str
+    task_status: str
+    by: str
+    note: str | None
+    event_id: int
+    at: str
+
+
+class ForgetOut(BaseModel):
+    host: str
+    forgotten: list[ForgottenOut]
 
 
 @router.get("", response_model=HostList, responses=ERROR_RESPONSES)
@@ -198,3 +267,25 @@ async def remove_host(
 ) -> dict[str, Any]:
     """Forget a registered host (hosts of bosun.toml are edited there: 400)."""
     return (await svc.remove_host(name, force=force)).to_json()
+
+
+@router.get("/{name}/waiting", response_model=WaitingOut, responses=ERROR_RESPONSES)
+async def waiting_runs(name: HostName, svc: ServiceDep, _: AdminToken) -> dict[str, Any]:
+    """The runs the host waits for: until bosun has stopped them (it tries at every health
+    check) the host gets no new work. An empty list: it waits for none."""
+    return {"host": name, "runs": [w.to_json() for w in await svc.waiting_runs(name)]}
+
+
+@router.post("/{name}/forget", response_model=ForgetOut, responses=ERROR_RESPONSES)
+async def forget_runs(
+    body: ForgetIn, name: HostName, svc: ServiceDep, token: AdminToken
+) -> dict[str, Any]:
+    """Take over runs the host waits for (a process bosun cannot stop, a host
+    reinstalled): bosun no longer tries to stop them, each gets a ``run.forgotten``
+    event naming this token, and the host takes new work at its next reconcile (a
+    running dispatcher's next health check). Their tasks keep their state. All or none:
+    an unknown run is a 404, a run that is not waiting on this host a 400 saying why."""
+    events = await svc.forget_runs(
+        name, body.runs, every=body.all, by=f"api token {token.name}", note=body.note
+    )
+    return {"host": name, "forgotten": [forgotten_json(e) for e in events]}
