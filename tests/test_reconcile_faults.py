@@ -11,7 +11,9 @@ what is left of them there (``Fleet.reconcile``) so that no task runs twice:
   and stopped by its host's next reconciliation;
 - the host gets no new work until its reconciliation is over, so a task's retry never
   starts there next to the old agent of the same task (at start-up, and when the host
-  comes back while bosun serves).
+  comes back while bosun serves);
+- a run that cannot be stopped keeps its host waiting until an operator takes it over
+  (``bosun hosts forget``): the host then takes work at its next check.
 
 Real sshd hosts (``tests/sshd.py``), every packet to and from a host dropped with nftables
 (``host.block()``), a real SQLite store, dispatchers in this process. The first attempt's
@@ -24,6 +26,9 @@ the order of the old agent's death and the new run's start.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -351,6 +356,71 @@ async def test_a_run_that_cannot_be_stopped_is_said_once_and_its_host_waits(
     error = failed[0].data["error"]
     assert error == (f"run {first.id} (task {task.id}): could not signal the run (injected)"), error
     assert "no new work" in failed[0].data["hint"]
+
+
+async def test_a_run_the_operator_forgets_no_longer_keeps_its_host_waiting(
+    sshd: SshdFleet, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same run that cannot be stopped, and the operator takes it over (``bosun hosts
+    forget``, here through the ``Service`` as the CLI does without a server). bosun stops
+    trying to stop it, ``run.forgotten`` says who did it, and the waiting task runs on h1
+    after the running dispatcher's next health check, without a restart. The agent the
+    operator took over is left alone: the retry starts next to it."""
+    h1, settings = _one_host(sshd, make_settings)
+    faults = Faults(monkeypatch, refuse=1_000)
+    async with await Service.open(settings) as svc, serving(svc):
+        task = await svc.submit(TaskSpec(title="its old run is taken over", agent="slow"))
+
+        async def said_and_waiting() -> bool:  # after the crash, and at a check
+            return bool(await events(svc, "host.reconcile_failed")) and len(faults.refused) >= 2
+
+        await until(said_and_waiting)
+        (first,) = await svc.runs(task.id)
+        pgid = int(first.ref["pgid"])
+        try:
+            waited = await svc.waiting_runs("h1")
+            queued = await svc.get(task.id)
+            forgotten = await svc.forget_runs(
+                "h1", [first.id], by="ops", note="stuck in D state; reboot planned"
+            )
+            tries = len(faults.refused)
+            await until(lambda: settled(svc, task.id), timeout=60)
+            runs = await svc.runs(task.id)
+            done = await svc.get(task.id)
+            left = await svc.waiting_runs("h1")
+            stored = await events(svc, "run.forgotten")
+            killed = await events(svc, "run.stray_killed")
+            lines = [e.data["line"] for e in await svc.events(task.id) if e.kind == "run.output"]
+            alive = group_alive(h1, pgid)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)  # the operator's part
+    assert [(w.run.id, w.why) for w in waited] == [(first.id, "abandoned")]
+    assert queued.status is TaskStatus.QUEUED
+    assert [e.id for e in stored] == [e.id for e in forgotten]
+    (event,) = stored
+    assert (event.task_id, event.run_id) == (task.id, first.id)
+    assert {k: event.data[k] for k in ("run_id", "host", "why", "task_status", "by", "note")} == {
+        "run_id": first.id,
+        "host": "h1",
+        "why": "abandoned",
+        "task_status": "queued",
+        "by": "ops",
+        "note": "stuck in D state; reboot planned",
+    }
+    assert left == [] and killed == []
+    assert [(r.host, r.attempt, r.status) for r in runs] == [
+        ("h1", 1, RunStatus.LOST),
+        ("h1", 2, RunStatus.SUCCEEDED),
+    ]
+    assert runs[0].ref["abandoned"] == "forgotten" and runs[0].ref["forgotten"]["by"] == "ops"
+    assert done.status is TaskStatus.COMPLETED and done.assigned_host == "h1"
+    # no stop was tried after the forget (but by a reconcile already under way then)
+    assert len(faults.refused) <= tries + 1, faults.refused
+    # the old agent was never stopped, and the retry found it running
+    assert alive
+    (line,) = lines
+    assert line.startswith(f"group {pgid}: ") and line != f"group {pgid}: 0 alive", line
 
 
 def test_a_host_being_reconciled_gets_no_new_task_and_the_task_waits() -> None:
