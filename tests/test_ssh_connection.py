@@ -302,6 +302,37 @@ async def test_make_providers_builds_ssh_providers(
             await provider.aclose()
 
 
+async def test_the_packets_of_one_turn_share_a_write_and_keep_their_order(
+    sshd: SshdFleet,
+    tmp_path: Path,
+) -> None:
+    (h,) = sshd.start(1)
+    sshd.trust(h)
+    p = provider_for(sshd, h, tmp_path / "state", max_channels=10)
+    try:
+        await p.ensure_ready()
+        corked = p.link.corked
+        assert corked is not None and p.link._conn is not None
+        transport: object = p.link._conn._transport
+        assert transport is corked  # every packet goes through it
+        packets, writes = corked.packets, corked.writes
+        # eight commands at once: their channel opens leave in the same turns
+        results = await asyncio.gather(*(p.exec(["echo", str(i)]) for i in range(8)))
+        assert [r.stdout for r in results] == [f"{i}\n" for i in range(8)]
+        sent, made = corked.packets - packets, corked.writes - writes
+        assert sent >= 8 * 3  # (an open, a request and a close per command at least)
+        assert made < sent / 2, (sent, made)
+        # a burst bigger than the channel's window, in order (SFTP write and read back)
+        data = os.urandom(3 << 20)
+        path = f"{p.root}/blob"
+        (tmp_path / "blob").write_bytes(data)
+        await p.upload(str(tmp_path / "blob"), path)
+        await p.download(path, str(tmp_path / "back"))
+        assert (tmp_path / "back").read_bytes() == data
+    finally:
+        await p.aclose()
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

@@ -35,6 +35,7 @@ import asyncssh
 from bosun.config import HostConfig
 from bosun.errors import BosunError, ConfigError, HostKeyError, HostUnreachable, ProviderError
 from bosun.providers import ssh_keys
+from bosun.providers.ssh_cork import CorkedTransport, cork
 from bosun.providers.ssh_keys import HostKey, KnownHostsCheck
 
 __all__ = ["Address", "Forward", "SshLink", "parse_address", "parse_forward"]
@@ -174,6 +175,7 @@ class SshLink:
         self.target = parse_address(cfg.address)
         self.forwards = [parse_forward(spec) for spec in cfg.remote_forwards]
         self.connects = 0  # connections established so far (one per reconnect)
+        self.corked: CorkedTransport | None = None  # the live connection's (packets, writes)
         self.forward_errors: dict[str, str] = {}
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
@@ -311,6 +313,8 @@ class SshLink:
                 f"cannot connect to host {self.display}: {_describe(exc)}",
                 hint="check the host's ssh settings (address, ssh_config, identity_file)",
             ) from exc
+        # the packets of one turn of the loop go out in one write (bosun.providers.ssh_cork)
+        self.corked = cork(conn)
         return conn
 
     async def _refusal(self, check: KnownHostsCheck, opts: dict[str, Any]) -> HostKeyError:
