@@ -160,20 +160,6 @@ class HostStoreContract:
         await peer.update_host("race", drained=True)
         assert (await hs.get_host("race")).drained
 
-    async def test_host_runs_selects_by_host_and_status(self, store: Store) -> None:
-        hs = _hs(store)
-        task = await store.add_task(TaskSpec(title="t"), max_attempts=3)
-        a = await store.add_run(task.id, attempt=1, host="a", agent="echo", ref={})
-        b = await store.add_run(task.id, attempt=2, host="b", agent="echo", ref={})
-        c = await store.add_run(task.id, attempt=3, host="a", agent="echo", ref={})
-        await store.update_run(a.id, status=RunStatus.LOST)
-        await store.update_run(b.id, status=RunStatus.LOST)
-        found = await hs.host_runs("a", [RunStatus.LOST])
-        assert [r.id for r in found] == [a.id]
-        both = await hs.host_runs("a", [RunStatus.LOST, RunStatus.STARTING])
-        assert [r.id for r in both] == [a.id, c.id]
-        assert await hs.host_runs("a", []) == []
-
     # -- the runs a host waits for, and forgetting them ----------------------------------
     async def test_waiting_runs_are_the_abandoned_and_the_unfollowed_ones(
         self, store: Store

@@ -18,6 +18,12 @@ SOURCES = ("config", "cli", "api")
 HEALTH_STATES = ("unknown", "healthy", "unhealthy")
 
 
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds a control character (C0 or DEL): refused in host fields
+    and in what an operator writes about a host's runs (one printable line)."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
 @dataclass(frozen=True, slots=True)
 class HostRecord:
     name: str

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Query, status
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bosun.hosts.records import has_control_characters
 from bosun.hosts.waiting import forgotten_json
 from bosun.server.deps import AdminToken, ServiceDep
 from bosun.server.errors import ERROR_RESPONSES
@@ -29,7 +30,7 @@ HostName = Annotated[str, PathParam(max_length=128, description="A host name")]
 
 
 def _printable(value: str | None) -> str | None:
-    if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if value is not None and has_control_characters(value):
         raise ValueError("contains control characters")
     return value
 

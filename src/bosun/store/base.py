@@ -447,10 +447,6 @@ class HostStore(Protocol):
         from unhealthy to healthy ``host.healthy``, once, in the same transaction."""
         ...
 
-    async def host_runs(self, host: str, statuses: Collection[RunStatus]) -> list[Run]:
-        """Runs on ``host`` in one of ``statuses``, by id."""
-        ...
-
     async def waiting_runs(self, host: str | None = None) -> list[WaitingRun]:
         """The runs ``host`` (None: every host) waits for before it gets new work: given
         up (``abandoned``), or recorded as going while their task does not run them

@@ -25,9 +25,9 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from bosun.errors import InputError, NotFound, StoreError
-from bosun.hosts.records import HEALTH_STATES, SOURCES, HostRecord
+from bosun.hosts.records import HEALTH_STATES, SOURCES, HostRecord, has_control_characters
 from bosun.hosts.waiting import ABANDONED, GOING, WaitingRun, describe, not_waiting, why_waiting
-from bosun.models import ErrorKind, Event, NewEvent, Run, RunStatus, TaskStatus
+from bosun.models import ErrorKind, Event, NewEvent, RunStatus, TaskStatus
 from bosun.store.rows import aware, event_from_row, json_object, new_event_values, run_from_row
 from bosun.store.schema import events, hosts, runs, tasks
 from bosun.store.sql_base import SqlBase, Tx, shielded, utcnow
@@ -282,19 +282,6 @@ class HostMethods(SqlBase):
                     tx.new_work()
             return await self._load(tx, name)
 
-    async def host_runs(self, host: str, statuses: Collection[RunStatus]) -> list[Run]:
-        """Runs on ``host`` in one of ``statuses``, by id (for reconciliation)."""
-        wanted = sorted(RunStatus(s).value for s in statuses)
-        if not wanted:
-            return []
-        stmt = (
-            sa.select(runs)
-            .where(runs.c.host == host, runs.c.status.in_(wanted))
-            .order_by(runs.c.id)
-        )
-        async with self._read() as conn:
-            return [run_from_row(r) for r in (await conn.execute(stmt)).mappings()]
-
     async def waiting_runs(self, host: str | None = None) -> list[WaitingRun]:
         """The runs ``host`` (None: every host) waits for before it gets new work (see
         ``bosun.hosts.waiting``), by id."""
@@ -433,11 +420,7 @@ class HostMethods(SqlBase):
 
 def _text(value: object, limit: int) -> bool:
     """A printable one-line text of at most ``limit`` characters."""
-    return (
-        isinstance(value, str)
-        and len(value) <= limit
-        and not any(ord(c) < 32 or ord(c) == 127 for c in value)
-    )
+    return isinstance(value, str) and len(value) <= limit and not has_control_characters(value)
 
 
 def _host_not_found(name: str) -> NotFound:
