@@ -6,7 +6,7 @@ the host's ``sshd``. bosun makes packets in bursts (the dispatcher starts severa
 a host in one turn; a launch is two SFTP ``mkdir`` requests and then one session
 request; a probe answers many runs): measured in ``bench/ssh.py`` (P2), about 11 packets
 per task went out in about 2 writes once merged, and the whole machine's CPU per task
-fell by about 15%.
+fell by 14-24% (docs/benchmarks.md).
 
 :class:`CorkedTransport` stands between the connection and its transport: what is written
 in one turn of the loop is joined and written once, at the start of the next turn
