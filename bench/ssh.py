@@ -19,8 +19,11 @@ P2. 1,000 no-op tasks (``true``) over 4 hosts, 8 at a time per host, from the fi
     before the clock starts, ``ControlPersist``). Goal: bosun at least 5x faster. Also
     printed: the whole machine's CPU time per task (from /proc/stat: bosun or GNU
     parallel, sshd and every process on the hosts; the hosts share this machine's cores,
-    so with both cores busy that figure is what bounds the rate). The floor: the same runs
-    started by no orchestrator (``floor_p2``, ``FLOOR_HOST``), the most any could do here.
+    so with both cores busy that figure is what bounds the rate), split where cgroups
+    can be written (``bench.cgroups``) into the orchestrator's process tree (bosun; or
+    GNU parallel with its ssh clients and ControlMasters) and the hosts' (every sshd and
+    all it starts). The floor: the same runs started by no orchestrator (``floor_p2``,
+    ``FLOOR_HOST``), the most any could do here.
 M.  The orchestrator's memory (``bosun serve``) with many ``sleep`` tasks running at once
     on the 4 hosts (see ``bench.memory``).
 """
@@ -44,6 +47,7 @@ from typing import Any
 import asyncssh
 import sqlalchemy as sa
 
+from bench.cgroups import CpuGroups, cpu_groups
 from bench.memory import baseline as memory_baseline
 from bench.memory import memory, report
 from bench.stats import goal
@@ -198,6 +202,59 @@ def machine_busy() -> float:
     with open("/proc/stat") as f:
         fields = [int(v) for v in f.readline().split()[1:]]
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # not idle, iowait
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds: the whole machine's, and where known (``bench.cgroups``) the
+    orchestrator's (this process and all it started) and the hosts' (the sshd listeners
+    and all they started). Subtract two readings for a phase's cost."""
+
+    machine: float
+    orchestrator: float | None
+    hosts: float | None
+
+    def __sub__(self, other: Cpu) -> Cpu:
+        def minus(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else a - b
+
+        return Cpu(
+            self.machine - other.machine,
+            minus(self.orchestrator, other.orchestrator),
+            minus(self.hosts, other.hosts),
+        )
+
+    def per_task(self, n: int) -> str:
+        """``machine CPU x ms/task (orchestrator y, hosts z)``, in ms per task."""
+        text = f"machine CPU {self.machine / n * 1000:5.1f} ms/task"
+        if self.orchestrator is not None and self.hosts is not None:
+            text += (
+                f" (orchestrator {self.orchestrator / n * 1000:4.1f},"
+                f" hosts {self.hosts / n * 1000:4.1f})"
+            )
+        return text
+
+    def to_json(self, n: int) -> dict[str, float | None]:
+        def ms(v: float | None) -> float | None:
+            return None if v is None else v / n * 1000
+
+        return {
+            "machine_ms": ms(self.machine),
+            "orchestrator_ms": ms(self.orchestrator),
+            "hosts_ms": ms(self.hosts),
+        }
+
+
+@dataclass(frozen=True)
+class CpuMeter:
+    groups: CpuGroups | None
+
+    def read(self) -> Cpu:
+        if self.groups is None:
+            return Cpu(machine_busy(), None, None)
+        return Cpu(
+            machine_busy(), self.groups.seconds("orchestrator"), self.groups.seconds("hosts")
+        )
 
 
 async def bosun_p2(
@@ -393,12 +450,15 @@ async def run(quick: bool, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     root = Path(tempfile.mkdtemp(prefix="bosun-bench-ssh-", dir="/tmp"))
     try:
-        with fleet(HOSTS, root) as hosts:
+        with cpu_groups() as groups, fleet(HOSTS, root) as hosts:
+            if groups is not None:
+                for host in hosts.hosts:  # each sshd listener, with all it will start
+                    groups.add("hosts", host.proc.pid)
             tables = hosts.hosts_tables()
             if "p1" in parts:
                 figures["p1"] = await _p1(root, tables["h1"], sizes)
             if "p2" in parts:
-                figures["p2"] = await _p2(root, hosts, tables, sizes)
+                figures["p2"] = await _p2(root, hosts, tables, sizes, CpuMeter(groups))
             if "memory" in parts and sizes.memory:
                 figures["memory"] = await _memory_over_ssh(root, hosts, sizes)
     finally:
@@ -424,49 +484,55 @@ async def _p1(root: Path, h1: dict[str, Any], sizes: SshSizes) -> dict[str, Any]
 
 
 async def _p2(
-    root: Path, hosts: Any, tables: dict[str, dict[str, Any]], sizes: SshSizes
+    root: Path,
+    hosts: Any,
+    tables: dict[str, dict[str, Any]],
+    sizes: SshSizes,
+    meter: CpuMeter,
 ) -> dict[str, Any]:
-    busy = machine_busy()
-    par = await parallel_p2(root, hosts, sizes.p2)
-    par_cpu, busy = machine_busy() - busy, machine_busy()
-    took, submitted = await bosun_p2(root, tables, sizes.p2, queued=True)
-    ours_cpu, busy = machine_busy() - busy, machine_busy()  # (with the submits before)
-    floor = await floor_p2(hosts, sizes.p2)
-    floor_cpu = machine_busy() - busy
-    live, live_submits = await bosun_p2(root, tables, sizes.p2, queued=False)
+    n = sizes.p2
+    mark = meter.read()
+    par = await parallel_p2(root, hosts, n)
+    par_cpu, mark = meter.read() - mark, meter.read()
+    took, submitted = await bosun_p2(root, tables, n, queued=True)
+    ours_cpu, mark = meter.read() - mark, meter.read()  # (with the submits before)
+    floor = await floor_p2(hosts, n)
+    floor_cpu = meter.read() - mark
+    live, live_submits = await bosun_p2(root, tables, n, queued=False)
     ratio = par / took
-    print(f"\n8. P2: {sizes.p2} no-op tasks over {HOSTS} sshd hosts, {PER_HOST} at a time per host")
+    print(f"\n8. P2: {n} no-op tasks over {HOSTS} sshd hosts, {PER_HOST} at a time per host")
+    print(f"   GNU parallel, ControlMaster  {par:7.2f} s   {n / par:6.1f} tasks/s")
+    print(f"      {par_cpu.per_task(n)}")
     print(
-        f"   GNU parallel, ControlMaster  {par:7.2f} s   {sizes.p2 / par:6.1f} tasks/s"
-        f"   machine CPU {par_cpu / sizes.p2 * 1000:5.1f} ms/task"
-    )
-    print(
-        f"   bosun, tasks queued first    {took:7.2f} s   {sizes.p2 / took:6.1f} tasks/s"
-        f"   machine CPU {ours_cpu / sizes.p2 * 1000:5.1f} ms/task"
+        f"   bosun, tasks queued first    {took:7.2f} s   {n / took:6.1f} tasks/s"
         f"   (the submits before: {submitted:.2f} s)"
     )
+    print(f"      {ours_cpu.per_task(n)}   (with the submits)")
     print(
-        f"   bosun, submitted while running {live:5.2f} s   {sizes.p2 / live:6.1f} tasks/s"
+        f"   bosun, submitted while running {live:5.2f} s   {n / live:6.1f} tasks/s"
         f"   (of which the submits: {live_submits:.2f} s)"
     )
     print(
-        f"   floor: launches alone         {floor:7.2f} s   {sizes.p2 / floor:6.1f} tasks/s"
-        f"   machine CPU {floor_cpu / sizes.p2 * 1000:5.1f} ms/task"
+        f"   floor: launches alone         {floor:7.2f} s   {n / floor:6.1f} tasks/s"
         "   (no orchestrator: see FLOOR_HOST)"
     )
+    print(f"      {floor_cpu.per_task(n)}")
     print(
         f"   bosun {ratio:.2f}x faster; goal >= {GOAL_P2:.0f}x: {goal(ratio >= GOAL_P2)}"
         f"   (the floor is {par / floor:.2f}x: the most any orchestrator could be here)"
     )
     return {
         "parallel": par,
-        "parallel_cpu_ms": par_cpu / sizes.p2 * 1000,
+        "parallel_cpu_ms": par_cpu.machine / n * 1000,
+        "parallel_cpu": par_cpu.to_json(n),
         "bosun": took,
-        "bosun_cpu_ms": ours_cpu / sizes.p2 * 1000,
+        "bosun_cpu_ms": ours_cpu.machine / n * 1000,
+        "bosun_cpu": ours_cpu.to_json(n),
         "submitted": submitted,
         "bosun_live": live,
         "floor": floor,
-        "floor_cpu_ms": floor_cpu / sizes.p2 * 1000,
+        "floor_cpu_ms": floor_cpu.machine / n * 1000,
+        "floor_cpu": floor_cpu.to_json(n),
         "met": ratio >= GOAL_P2,
     }
 

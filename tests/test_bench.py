@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 import pytest
-from bench import api, memory, ssh
+from bench import api, cgroups, memory, ssh
 
 
 async def test_api_benchmarks_quick(capsys: pytest.CaptureFixture[str]) -> None:
@@ -58,5 +58,15 @@ async def test_ssh_benchmarks_quick(capsys: pytest.CaptureFixture[str]) -> None:
     p2 = figures["p2"]
     assert p2["parallel"] > 0 and p2["bosun"] > 0 and p2["bosun_live"] > 0
     assert p2["floor"] > 0 and p2["floor_cpu_ms"] > 0
+    # where cgroups can be written (root: as here), each run's CPU is split between the
+    # orchestrator's process tree and the hosts'; both did work in every run
+    with cgroups.cpu_groups("bosun-test") as groups:
+        writable = groups is not None
+    for run in ("parallel", "bosun", "floor"):
+        split = p2[f"{run}_cpu"]
+        if writable:
+            assert split["orchestrator_ms"] > 0 and split["hosts_ms"] > 0, (run, split)
+        else:
+            assert split["orchestrator_ms"] is None and split["hosts_ms"] is None
     out = capsys.readouterr().out
     assert "goal <= 1.5x" in out and "goal >= 5x" in out
