@@ -24,12 +24,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Connection
 
 from bosun.store import SqlStore, open_store
+from bosun.store.connect import alembic_config
+from bosun.store.sql_base import WRITE_OPTION
 
 __all__ = [
     "ADD_TASK_SCRIPT",
     "db_path",
+    "migrate_to",
     "migrated_db",
     "opened_store",
     "peer_store",
@@ -63,6 +67,24 @@ async def opened_store(url: str) -> AsyncIterator[SqlStore]:
         yield opened
     finally:
         await opened.aclose()
+
+
+async def migrate_to(store: SqlStore, revision: str) -> None:
+    """Upgrade (``head``) or downgrade (a revision id) ``store``'s schema with alembic, in
+    one write transaction, as ``bosun.store.connect.migrate`` does."""
+    from alembic import command
+
+    def move(conn: Connection) -> None:
+        config = alembic_config(conn)
+        if revision == "head":
+            command.upgrade(config, "head")
+        else:
+            command.downgrade(config, revision)
+
+    async with store.engine.connect() as conn:
+        await conn.execution_options(**{WRITE_OPTION: True})
+        async with conn.begin():
+            await conn.run_sync(move)
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ from tests.store_contract import (
     utcnow,
     wakes_on_peer_submit,
 )
-from tests.store_fixtures import ADD_TASK_SCRIPT, pg_peer_store, pg_store
+from tests.store_fixtures import ADD_TASK_SCRIPT, migrate_to, pg_peer_store, pg_store
 
 __all__ = [
     "fresh_pg_database",
@@ -216,6 +216,42 @@ async def test_migrations_create_the_schema_on_a_fresh_database(
         assert await again.get_task(task.id) == task
     finally:
         await again.aclose()
+
+
+async def _runs_indexes(store: SqlStore) -> tuple[str, dict[str, str]]:
+    """The schema's revision, and the indexes of ``runs`` (name: definition)."""
+    async with store.engine.connect() as conn:
+        version = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).scalar()
+        rows = await conn.exec_driver_sql(
+            "SELECT indexname, indexdef FROM pg_indexes"
+            " WHERE schemaname = 'public' AND tablename = 'runs'"
+        )
+        return str(version), {str(n): str(d) for n, d in map(tuple, rows.all())}
+
+
+async def test_migration_0004_adds_the_runs_index_and_its_downgrade_drops_it(
+    fresh_pg_database: FreshDatabase,
+) -> None:
+    opened = await open_store(fresh_pg_database())
+    try:
+        version, found = await _runs_indexes(opened)
+        assert version == "0004"
+        assert found["ix_runs_status_host"].endswith("USING btree (status, host)")
+        await migrate_to(opened, "0003")
+        version, found = await _runs_indexes(opened)
+        assert version == "0003" and "ix_runs_status_host" not in found
+        assert "ix_runs_task_id_id" in found
+        await migrate_to(opened, "head")
+        version, found = await _runs_indexes(opened)
+        assert version == "0004"
+        assert found["ix_runs_status_host"].endswith("USING btree (status, host)")
+        async with opened.engine.connect() as conn:
+            diff = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+            )
+        assert diff == []
+    finally:
+        await opened.aclose()
 
 
 async def test_concurrent_first_open_creates_the_schema_once(

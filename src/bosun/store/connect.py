@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: The newest revision in MIGRATIONS_DIR (a test keeps the two in step). A database already
 #: there is opened without importing alembic, which saves a CLI call a quarter second.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 BUSY_TIMEOUT_MS = sqlite_driver.BUSY_TIMEOUT_MS
 _URL_HINT = (
     "use a URL like sqlite:///path/to/bosun.db (in bosun.toml, a relative path is relative "

@@ -163,6 +163,9 @@ runs = sa.Table(
     sqlite_autoincrement=True,
 )
 sa.Index("ix_runs_task_id_id", runs.c.task_id, runs.c.id)
+# waiting_runs() / waiting_counts(): the runs that may keep a host waiting (status lost,
+# starting or running), of one host, of some, or of every host: one index range per status.
+sa.Index("ix_runs_status_host", runs.c.status, runs.c.host)
 
 events = sa.Table(
     "events",

@@ -16,7 +16,7 @@ order).
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -43,14 +43,14 @@ MAX_FORGET = 1000
 MAX_BY = 200
 MAX_NOTE = 1000
 
-#: Runs that may be waiting for their host's reconcile, with their task's state.
+#: Runs that may be waiting for their host's reconcile, with their task's state. No ORDER
+#: BY (the caller sorts the few rows): an ORDER BY id can make SQLite, once ANALYZE has
+#: run, prefer a scan of every run in id order to ``ix_runs_status_host`` and a sort.
 _MAYBE_WAITING = (
     sa.select(runs, tasks.c.status.label("task_status"), tasks.c.attempt.label("task_attempt"))
     .join(tasks, tasks.c.id == runs.c.task_id)
     .where(runs.c.status.in_([s.value for s in (RunStatus.LOST, *GOING)]))
-    .order_by(runs.c.id)
 )
-_MAYBE_WAITING_ON = _MAYBE_WAITING.where(runs.c.host == sa.bindparam("host"))
 #: When ``bosun cancel`` said it could not stop a run (``run.cancel_pending``).
 _CANCEL_PENDING_AT = (
     sa.select(events.c.created_at)
@@ -74,6 +74,17 @@ _INSERT_EVENTS = sa.insert(events).returning(*events.c, sort_by_parameter_order=
 _TASK_STATES = sa.select(tasks.c.id, tasks.c.status, tasks.c.attempt).where(
     tasks.c.id.in_(sa.bindparam("ids", expanding=True))
 )
+
+
+def maybe_waiting(hosts: Sequence[str] | None = None) -> sa.Select[Any]:
+    """The runs of ``hosts`` (None: of every host) that may be waiting for their host's
+    reconcile (status lost, starting or running), with their task's status and attempt
+    (``task_status``, ``task_attempt``), in no particular order.
+    ``bosun.hosts.waiting.why_waiting`` says which of them are. One range of the index
+    ``ix_runs_status_host`` per status (and host)."""
+    if hosts is None:
+        return _MAYBE_WAITING
+    return _MAYBE_WAITING.where(runs.c.host.in_(list(hosts)))
 
 
 def host_from_row(row: RowMapping) -> HostRecord:
@@ -285,10 +296,11 @@ class HostMethods(SqlBase):
     async def waiting_runs(self, host: str | None = None) -> list[WaitingRun]:
         """The runs ``host`` (None: every host) waits for before it gets new work (see
         ``bosun.hosts.waiting``), by id."""
-        stmt, params = (_MAYBE_WAITING, {}) if host is None else (_MAYBE_WAITING_ON, {"host": host})
+        stmt = maybe_waiting(None if host is None else [host])
         found: list[WaitingRun] = []
         async with self._read(single=False) as conn:
-            for row in (await conn.execute(stmt, params)).mappings().all():
+            rows = sorted((await conn.execute(stmt)).mappings().all(), key=lambda r: r["id"])
+            for row in rows:
                 run = run_from_row(row)
                 why = why_waiting(run, TaskStatus(row["task_status"]), row["task_attempt"])
                 if why is None:
