@@ -24,6 +24,18 @@ def _hs(store: Any) -> HostStore:
     return store
 
 
+async def counts_agree(hs: HostStore, hosts: list[str]) -> dict[str, int]:
+    """``waiting_counts`` for ``hosts``, and for every host, checked against
+    ``len(waiting_runs(host))`` of each host (the same rule); returns the first."""
+    lengths = {h: len(await hs.waiting_runs(h)) for h in hosts}
+    counts = await hs.waiting_counts(hosts)
+    assert counts == {h: n for h, n in lengths.items() if n}, (counts, lengths)
+    every = await hs.waiting_counts()
+    by_run = [w.run.host for w in await hs.waiting_runs()]
+    assert every == {h: by_run.count(h) for h in by_run}, (every, by_run)
+    return counts
+
+
 async def _host_events(store: Store) -> list[tuple[str, dict[str, Any]]]:
     return [(e.kind, e.data) for e in await store.events_since(0) if e.kind.startswith("host.")]
 
@@ -185,6 +197,29 @@ class HostStoreContract:
             w.elsewhere.id,
         ]
         assert await hs.waiting_runs("nobody") == []
+        assert await counts_agree(hs, ["h1", "h2", "nobody"]) == {"h1": 2, "h2": 1}
+
+    async def test_waiting_counts_count_many_hosts_at_once_by_the_same_rule(
+        self, store: Store
+    ) -> None:
+        hs = _hs(store)
+        assert await hs.waiting_counts() == {} and await hs.waiting_counts(["h1"]) == {}
+        w = await seed_waiting(store)
+        # a second host of every kind: what makes a run waiting or not is the same there
+        await seed_waiting(store, "h3", "h2")
+        assert await counts_agree(hs, ["h1", "h2", "h3"]) == {"h1": 2, "h2": 2, "h3": 2}
+        assert await hs.waiting_counts(["h3", "nobody", "h3"]) == {"h3": 2}
+        assert await hs.waiting_counts([]) == {}
+        with pytest.raises(TypeError, match="not one name"):
+            await hs.waiting_counts("h1")
+        # the task of the run whose cancel could not stop it is queued again (a new
+        # attempt): nobody follows the old run still; forgetting one changes its host's count
+        await store.transition(w.pending.task_id, TaskStatus.QUEUED, reason="retried")
+        assert await counts_agree(hs, ["h1", "h2", "h3"]) == {"h1": 2, "h2": 2, "h3": 2}
+        await hs.forget_runs("h1", [w.abandoned.id], by="ops")
+        assert await counts_agree(hs, ["h1", "h2", "h3"]) == {"h1": 1, "h2": 2, "h3": 2}
+        await hs.forget_runs("h1", [w.pending.id], by="ops")
+        assert await counts_agree(hs, ["h1", "h2", "h3"]) == {"h2": 2, "h3": 2}
 
     async def test_forgotten_runs_wait_no_more_and_each_gets_an_event(self, store: Store) -> None:
         hs = _hs(store)
@@ -214,6 +249,7 @@ class HostStoreContract:
         ]
         assert [x.run.id for x in await hs.waiting_runs("h1")] == []
         assert [x.run.id for x in await hs.waiting_runs()] == [w.elsewhere.id]
+        assert await counts_agree(hs, ["h1", "h2"]) == {"h2": 1}
         gave_up = await store.get_run(w.abandoned.id)
         assert gave_up.ref["abandoned"] == "forgotten" and gave_up.status is RunStatus.LOST
         assert gave_up.ref["forgotten"]["by"] == "ops@example"
@@ -253,6 +289,7 @@ class HostStoreContract:
             await hs.forget_runs("h1", [w.abandoned.id], by="ops", note="x" * 1001)
         # all or nothing: the waiting run named with the unknown one still waits
         assert len(await hs.waiting_runs("h1")) == 2
+        assert await counts_agree(hs, ["h1", "h2"]) == {"h1": 2, "h2": 1}
         assert [e for e in await store.events_since(0) if e.kind == "run.forgotten"] == []
         await hs.forget_runs("h1", [w.abandoned.id], by="ops")
         with pytest.raises(InputError, match="forgotten already \\(by ops at ") as err:

@@ -299,9 +299,9 @@ class Fleet:
         work at once, before their first check has ended."""
         if self.host_store is None:
             return
-        for host in self.hosts:
-            if host.name in self.providers and await self.host_store.waiting_runs(host.name):
-                self.unreconciled.add(host.name)
+        names = [h.name for h in self.hosts if h.name in self.providers]
+        counts = await self.host_store.waiting_counts(names)  # one read for every host
+        self.unreconciled.update(name for name in names if counts.get(name))
 
     async def reconcile(self, name: str) -> int:
         """Kill what is left of the runs bosun gave up on while ``name`` was unreachable,

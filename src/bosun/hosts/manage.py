@@ -40,14 +40,8 @@ class HostManager:
     async def infos(self, hosts: list[Host] | None = None) -> list[HostInfo]:
         hosts = hosts if hosts is not None else await self.registry.hosts()
         running = await self.store.running()
-        only = hosts[0].name if len(hosts) == 1 else None
-        waiting = await self.registry.store.waiting_runs(only)
-        return host_infos(
-            hosts,
-            (t.assigned_host for t in running),
-            self.settings.agents,
-            (w.run.host for w in waiting),
-        )
+        waiting = await self.registry.store.waiting_counts([h.name for h in hosts])
+        return host_infos(hosts, (t.assigned_host for t in running), self.settings.agents, waiting)
 
     async def info(self, name: str) -> HostInfo:
         host = await self.registry.get(name)

@@ -290,17 +290,16 @@ def host_infos(
     hosts: Sequence[Host],
     running_hosts: Iterable[str | None],
     agents: Iterable[str],
-    waiting_hosts: Iterable[str] = (),
+    waiting: Mapping[str, int] | None = None,
 ) -> list[HostInfo]:
     """``HostInfo`` rows: each host with its running count, the agents it may run and
-    how many runs it waits for (``waiting_hosts``: the host of each such run)."""
+    how many runs it waits for (``waiting``: {host: count}, ``HostStore.waiting_counts``;
+    a host not in it waits for none)."""
     load: dict[str, int] = {}
     for name in running_hosts:
         if name is not None:
             load[name] = load.get(name, 0) + 1
-    waiting: dict[str, int] = {}
-    for name in waiting_hosts:
-        waiting[name] = waiting.get(name, 0) + 1
+    waiting = waiting or {}
     every = tuple(sorted(agents))
     return [
         HostInfo(h, load.get(h.name, 0), tuple(h.config.agents) or every, waiting.get(h.name, 0))

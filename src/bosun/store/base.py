@@ -453,6 +453,12 @@ class HostStore(Protocol):
         (``cancel_pending``), by id (``bosun.hosts.waiting``)."""
         ...
 
+    async def waiting_counts(self, hosts: Sequence[str] | None = None) -> dict[str, int]:
+        """How many runs each of ``hosts`` (None: every host) waits for, by the rule of
+        ``waiting_runs``, in one read: {host: count}, without the hosts that wait for
+        none."""
+        ...
+
     async def forget_runs(
         self,
         host: str,

@@ -312,6 +312,23 @@ class HostMethods(SqlBase):
                 found.append(WaitingRun(run, TaskStatus(row["task_status"]), why, since))
         return found
 
+    async def waiting_counts(self, hosts: Sequence[str] | None = None) -> dict[str, int]:
+        """How many runs each of ``hosts`` (None: every host) waits for: ``waiting_runs``
+        counted, by the same rule (``why_waiting``), in one read and without the time
+        since when each waits. A host that waits for no run is not in the result."""
+        if isinstance(hosts, str):
+            raise TypeError("hosts must be a sequence of host names, not one name")
+        names = None if hosts is None else list(dict.fromkeys(hosts))
+        if names == []:
+            return {}
+        counts: dict[str, int] = {}
+        async with self._read() as conn:
+            for row in (await conn.execute(maybe_waiting(names))).mappings():
+                run = run_from_row(row)
+                if why_waiting(run, TaskStatus(row["task_status"]), row["task_attempt"]):
+                    counts[run.host] = counts.get(run.host, 0) + 1
+        return counts
+
     async def forget_runs(
         self,
         host: str,
