@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bosun.errors import BosunError, InputError, NotFound
-from bosun.models import NewEvent, Run, RunStatus, Task, TaskSpec, TaskStatus
+from bosun.models import ErrorKind, NewEvent, Run, RunStatus, Task, TaskSpec, TaskStatus
 from bosun.store.base import HostStore, Store
 
 
@@ -313,6 +313,98 @@ class HostStoreContract:
         assert all(isinstance(e, InputError) and "already" in e.message for e in lost), lost
         events = [e for e in await store.events_since(0) if e.kind == "run.forgotten"]
         assert [e.id for e in events] == [won[0][0].id]
+
+    # -- a reconcile's record of a stop ---------------------------------------------------
+    async def test_a_reconcile_records_a_stop_with_its_event_once(self, store: Store) -> None:
+        hs = _hs(store)
+        w = await seed_waiting(store)
+        killed = NewEvent("run.stray_killed", {"run_id": w.abandoned.id, "host": "h1"})
+        marked = await hs.mark_reconciled(
+            w.abandoned.id, ref={"abandoned": "reconciled"}, event=killed
+        )
+        assert marked is not None and marked.id == w.abandoned.id
+        assert marked.ref == {**w.abandoned.ref, "abandoned": "reconciled"}
+        assert await store.get_run(w.abandoned.id) == marked
+        ended = datetime(2024, 5, 2, tzinfo=UTC)
+        fields = {
+            "status": RunStatus.CANCELLED,
+            "exit_code": 143,
+            "error_kind": ErrorKind.CANCELLED,
+            "error": "cancelled by a user",
+            "ended_at": ended,
+        }
+        stopped = await hs.mark_reconciled(w.pending.id, fields=fields)
+        assert stopped is not None and stopped.status is RunStatus.CANCELLED
+        assert stopped.exit_code == 143 and stopped.ended_at == ended
+        assert stopped.ref == w.pending.ref
+        (event,) = [e for e in await store.events_since(0) if e.kind == "run.stray_killed"]
+        # the event is about the run: its task and run are the run's
+        assert (event.task_id, event.run_id) == (w.abandoned.task_id, w.abandoned.id)
+        assert await counts_agree(hs, ["h1", "h2"]) == {"h2": 1}
+        # a second reconcile's record (or a run that never waited) changes nothing
+        for run in (w.abandoned, w.pending, w.followed, w.reconciled, w.ended):
+            again = await hs.mark_reconciled(run.id, ref={"abandoned": "x"}, event=killed)
+            assert again is None, run.id
+            assert await store.get_run(run.id) == (
+                marked if run is w.abandoned else stopped if run is w.pending else run
+            )
+        assert [e.id for e in await store.events_since(0) if e.kind == "run.stray_killed"] == [
+            event.id
+        ]
+        with pytest.raises(NotFound, match="run 9999"):
+            await hs.mark_reconciled(9999, ref={"abandoned": "reconciled"})
+        with pytest.raises(InputError, match="ref="):
+            await hs.mark_reconciled(w.elsewhere.id, fields={"ref": {}})
+        with pytest.raises(InputError, match="cannot set run field"):
+            await hs.mark_reconciled(w.elsewhere.id, fields={"host": "h3"})
+        assert len(await hs.waiting_runs("h2")) == 1
+
+    async def test_a_reconcile_never_overwrites_a_forgotten_run(self, store: Store) -> None:
+        hs = _hs(store)
+        w = await seed_waiting(store)
+        # the reconcile read both runs as waiting; an operator forgets them; then the
+        # reconcile, having stopped them, records it
+        forgotten = await hs.forget_runs("h1", [w.abandoned.id, w.pending.id], by="ops")
+        before = {r.id: await store.get_run(r.id) for r in (w.abandoned, w.pending)}
+        killed = NewEvent("run.stray_killed", {"host": "h1"})
+        assert await hs.mark_reconciled(w.abandoned.id, ref={"abandoned": "reconciled"}) is None
+        assert await hs.mark_reconciled(w.abandoned.id, event=killed) is None
+        cancelled = {"status": RunStatus.CANCELLED, "error": "cancelled by a user"}
+        assert await hs.mark_reconciled(w.pending.id, fields=cancelled, event=killed) is None
+        assert {r.id: await store.get_run(r.id) for r in (w.abandoned, w.pending)} == before
+        assert before[w.abandoned.id].ref["forgotten"]["by"] == "ops"
+        kinds = [e.kind for e in await store.events_since(0) if e.kind.startswith("run.")]
+        assert kinds == ["run.cancel_pending", "run.forgotten", "run.forgotten"]
+        assert [e.id for e in forgotten] == [
+            e.id for e in await store.events_since(0) if e.kind == "run.forgotten"
+        ]
+
+    async def test_a_forget_and_a_reconciles_record_at_once_one_of_them_wins(
+        self, store: Store, peer_store: Store
+    ) -> None:
+        w = await seed_waiting(store)
+        cancelled = {"status": RunStatus.CANCELLED, "error": "cancelled by a user"}
+        killed = NewEvent("run.stray_killed", {"host": "h1"})
+        for run, record in (
+            (w.abandoned, {"ref": {"abandoned": "reconciled"}}),
+            (w.pending, {"fields": cancelled}),
+        ):
+            forget, mark = await asyncio.gather(
+                _hs(store).forget_runs("h1", [run.id], by="ops"),
+                _hs(peer_store).mark_reconciled(run.id, event=killed, **record),
+                return_exceptions=True,
+            )
+            now = await store.get_run(run.id)
+            events = [e.kind for e in await store.events_since(0) if e.run_id == run.id]
+            if mark is None:  # the forget came first
+                assert isinstance(forget, list) and [e.run_id for e in forget] == [run.id]
+                assert now.ref["forgotten"]["by"] == "ops"
+                assert "run.stray_killed" not in events and "run.forgotten" in events
+            else:  # the reconcile came first: the run no longer waits, nothing to forget
+                assert isinstance(mark, Run) and mark == now, (forget, mark)
+                assert isinstance(forget, InputError), forget
+                assert "forgotten" not in now.ref
+                assert "run.stray_killed" in events and "run.forgotten" not in events
 
 
 @dataclass

@@ -25,7 +25,9 @@
   marked down, and the rest waits for its next reconcile, when it answers again. Which
   runs a host waits for is ``bosun.hosts.waiting``'s rule (read through
   ``HostStore.waiting_runs``); a run an operator took over (``bosun hosts forget``) is
-  not among them any more, so the host's next reconcile lets it take work again.
+  not among them any more, so the host's next reconcile lets it take work again. A stop
+  is recorded only if the run still waits then (``HostStore.mark_reconciled``): a run
+  forgotten while the reconcile stopped it keeps the operator's record.
 
 Runs on a host that is unreachable for a while are handled by ``execution.Attempt``:
 their follower waits, re-attaches when the host answers again, and gives up (the task is
@@ -422,16 +424,18 @@ class Fleet:
         if stopped is None:
             return None
         alive, _ = stopped
-        with contextlib.suppress(BosunError):
-            await self.store.update_run(run.id, ref={**run.ref, "abandoned": "reconciled"})
-            if alive:
+        event = None
+        if alive:
+            reason = (
+                "given up after an internal error"
+                if run.error_kind is ErrorKind.INTERNAL
+                else "given up while the host was unreachable"
+            )
+            with contextlib.suppress(BosunError):
                 task = await self.store.get_task(run.task_id)
-                why = (
-                    "given up after an internal error"
-                    if run.error_kind is ErrorKind.INTERNAL
-                    else "given up while the host was unreachable"
-                )
-                await self._stray_killed(run, name, f"{why}; {_since(task, run, name)}")
+                reason = f"{reason}; {_since(task, run, name)}"
+            event = _stray_killed(run, name, reason)
+        await self._mark(name, run, ref={"abandoned": "reconciled"}, event=event)
         return alive
 
     async def _reconcile_orphan(
@@ -445,22 +449,50 @@ class Fleet:
             return None
         alive, code = stopped
         cancelled = task_status is TaskStatus.CANCELLED
-        with contextlib.suppress(BosunError):
-            await self.store.update_run(
-                run.id,
-                status=RunStatus.CANCELLED if cancelled else RunStatus.LOST,
-                exit_code=code,
-                error_kind=ErrorKind.CANCELLED if cancelled else ErrorKind.LOST,
-                error="cancelled by a user"
-                if cancelled
-                else "stopped by bosun: its task had moved on (cancelled, then retried)",
-                ended_at=datetime.now(UTC),
-            )
-            if alive:
-                await self._stray_killed(
-                    run, name, "its task was cancelled while bosun could not reach the host"
-                )
+        ended = {
+            "status": RunStatus.CANCELLED if cancelled else RunStatus.LOST,
+            "exit_code": code,
+            "error_kind": ErrorKind.CANCELLED if cancelled else ErrorKind.LOST,
+            "error": "cancelled by a user"
+            if cancelled
+            else "stopped by bosun: its task had moved on (cancelled, then retried)",
+            "ended_at": datetime.now(UTC),
+        }
+        reason = "its task was cancelled while bosun could not reach the host"
+        await self._mark(
+            name, run, fields=ended, event=_stray_killed(run, name, reason) if alive else None
+        )
         return alive
+
+    async def _mark(
+        self,
+        name: str,
+        run: Run,
+        *,
+        fields: Mapping[str, Any] | None = None,
+        ref: Mapping[str, Any] | None = None,
+        event: NewEvent | None,
+    ) -> None:
+        """Record ``run`` stopped (with ``event``, when it was still running), unless it
+        no longer waits: an operator may have forgotten it (``bosun hosts forget``) while
+        it was being stopped, and what they recorded stays. A store error is logged: the
+        run stays recorded as waiting until a later reconcile of the host records it."""
+        if self.host_store is None:
+            return
+        try:
+            marked = await self.host_store.mark_reconciled(
+                run.id, fields=fields, ref=ref, event=event
+            )
+        except BosunError:
+            log.warning("could not record run %s on %s as stopped", run.id, name, exc_info=True)
+            return
+        if marked is None:
+            log.info(
+                "run %s on host %s no longer waits (forgotten by an operator meanwhile?): "
+                "bosun stopped it and leaves its record as it is",
+                run.id,
+                name,
+            )
 
     async def _stop_run(
         self, provider: Provider, run_ref: Mapping[str, Any], *, with_code: bool
@@ -515,15 +547,15 @@ class Fleet:
                 code = None  # stopped; an unreadable exit file only loses the code
         return alive, code
 
-    async def _stray_killed(self, run: Run, host: str, reason: str) -> None:
-        await self.store.append_event(
-            NewEvent(
-                "run.stray_killed",
-                {"run_id": run.id, "host": host, "reason": reason},
-                task_id=run.task_id,
-                run_id=run.id,
-            )
-        )
+
+def _stray_killed(run: Run, host: str, reason: str) -> NewEvent:
+    """The ``run.stray_killed`` event of ``run``, which a reconcile of ``host`` killed."""
+    return NewEvent(
+        "run.stray_killed",
+        {"run_id": run.id, "host": host, "reason": reason},
+        task_id=run.task_id,
+        run_id=run.id,
+    )
 
 
 def _since(task: Task, run: Run, host: str) -> str:

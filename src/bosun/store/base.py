@@ -459,6 +459,22 @@ class HostStore(Protocol):
         none."""
         ...
 
+    async def mark_reconciled(
+        self,
+        run_id: int,
+        *,
+        fields: Mapping[str, Any] | None = None,
+        ref: Mapping[str, Any] | None = None,
+        event: NewEvent | None = None,
+    ) -> Run | None:
+        """Record that a reconcile stopped a run its host waits for (or found it gone):
+        set ``fields`` (run columns but ``ref``) and the keys of ``ref`` in its reference
+        as it is now, and append ``event`` (about the run), in one transaction, only if
+        the run still waits (checked under the write lock). A run that no longer waits,
+        above all one an operator forgot meanwhile (``ref["forgotten"]``), is left as it
+        is, with no event: None. ``NotFound`` for an unknown run."""
+        ...
+
     async def forget_runs(
         self,
         host: str,

@@ -27,8 +27,15 @@ from sqlalchemy.exc import IntegrityError
 from bosun.errors import InputError, NotFound, StoreError
 from bosun.hosts.records import HEALTH_STATES, SOURCES, HostRecord, has_control_characters
 from bosun.hosts.waiting import ABANDONED, GOING, WaitingRun, describe, not_waiting, why_waiting
-from bosun.models import ErrorKind, Event, NewEvent, RunStatus, TaskStatus
-from bosun.store.rows import aware, event_from_row, json_object, new_event_values, run_from_row
+from bosun.models import ErrorKind, Event, NewEvent, Run, RunStatus, TaskStatus
+from bosun.store.rows import (
+    aware,
+    event_from_row,
+    json_object,
+    new_event_values,
+    run_from_row,
+    run_values,
+)
 from bosun.store.schema import events, hosts, runs, tasks
 from bosun.store.sql_base import SqlBase, Tx, shielded, utcnow
 
@@ -328,6 +335,58 @@ class HostMethods(SqlBase):
                 if why_waiting(run, TaskStatus(row["task_status"]), row["task_attempt"]):
                     counts[run.host] = counts.get(run.host, 0) + 1
         return counts
+
+    async def mark_reconciled(
+        self,
+        run_id: int,
+        *,
+        fields: Mapping[str, Any] | None = None,
+        ref: Mapping[str, Any] | None = None,
+        event: NewEvent | None = None,
+    ) -> Run | None:
+        """A reconcile stopped run ``run_id`` (or found it gone): set ``fields`` (run
+        columns but ``ref``), set the keys of ``ref`` in the run's reference as it is now,
+        and append ``event``, in one transaction, but only if the run still waits for its
+        host (``why_waiting``), which is checked there, the run's row locked (``event``
+        is about the run: its task and run are set to the run's). A run that
+        no longer waits (an operator forgot it, ``ref["forgotten"]``, since the reconcile
+        read it; another reconcile recorded it; it ended) is left as it is, no event is
+        appended, and the result is None; else the run as it is now. ``NotFound`` for an
+        unknown run."""
+        values = run_values(fields or {})
+        if "ref" in values:
+            raise InputError("mark_reconciled sets keys of the reference: pass them as ref=")
+        changes = json_object(dict(ref or {}), "ref")
+        stamped = None if event is None else new_event_values(event, utcnow())
+        return await self._mark_reconciled(run_id, values, changes, stamped)
+
+    @shielded
+    async def _mark_reconciled(
+        self,
+        run_id: int,
+        values: dict[str, Any],
+        changes: dict[str, Any],
+        event: dict[str, Any] | None,
+    ) -> Run | None:
+        async with self._write() as tx:
+            # the run's row first (bosun's lock order), as forget_runs
+            row = (await tx.conn.execute(_RUNS_TO_FORGET, {"ids": [run_id]})).mappings().first()
+            if row is None:
+                raise NotFound(f"run {run_id} does not exist")
+            run = run_from_row(row)
+            state = (await tx.conn.execute(_TASK_STATES, {"ids": [run.task_id]})).one()
+            if why_waiting(run, TaskStatus(state.status), state.attempt) is None:
+                return None
+            if changes:
+                values = {**values, "ref": {**run.ref, **changes}}
+            if values:
+                update = sa.update(runs).where(runs.c.id == run_id).returning(*runs.c)
+                run = run_from_row((await tx.write(update, values)).mappings().one())
+            if event is not None:
+                await self._ops.lock_event_log(tx.conn)
+                about = {**event, "task_id": run.task_id, "run_id": run_id}
+                await tx.write(sa.insert(events), [about])
+            return run
 
     async def forget_runs(
         self,
