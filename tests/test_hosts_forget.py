@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bosun.cli_hosts import _waiting_note
 from bosun.config import load_settings
 from bosun.models import Event, Task
 from bosun.store import open_store
@@ -165,6 +166,49 @@ def test_forgetting_what_the_host_does_not_wait_for_is_a_clear_error(cfg: Path) 
     assert _in_store(cfg, _forgotten) == []
 
 
+def test_check_names_the_runs_the_host_waits_for_and_keeps_its_exit_code(cfg: Path) -> None:
+    w: Waiting = _in_store(cfg, _seed)
+    checked = run(cfg, "hosts", "check", "local")
+    assert checked.exit_code == 0, checked.stderr  # the host answers: the check passes
+    for words in (
+        f"waits for 2 run(s): run {w.abandoned.id} (task {w.abandoned.task_id}, given up), "
+        f"run {w.pending.id} (task {w.pending.task_id}, its cancel could not reach the host)",
+        "no new work there until bosun has stopped them (it tries at every health check)",
+        "see `bosun hosts waiting local`; `bosun hosts forget local RUN_ID` once you have "
+        "stopped them by hand",
+    ):
+        assert words in checked.stdout, checked.stdout
+    as_json = js(run(cfg, "hosts", "check", "local", "--json"))
+    assert as_json["ok"] is True
+    assert as_json["waiting"] == js(run(cfg, "hosts", "waiting", "local", "--json"))["runs"]
+    assert [r["run_id"] for r in as_json["waiting"]] == [w.abandoned.id, w.pending.id]
+
+    assert run(cfg, "hosts", "forget", "local", "--all").exit_code == 0
+    quiet = run(cfg, "hosts", "check", "local")
+    assert quiet.exit_code == 0 and "waits for" not in quiet.stdout, quiet.stdout
+    assert js(run(cfg, "hosts", "check", "local", "--json"))["waiting"] == []
+
+    # a host that does not answer still fails its check (exit 1), and says what it waits for
+    args = ["--address", "nobody@127.0.0.1:1", "--connect-timeout", "1", "--no-check"]
+    assert run(cfg, "hosts", "add", "far", *args).exit_code == 0
+    far: Waiting = _in_store(cfg, lambda store: seed_waiting(store, "far", "box"))
+    down = run(cfg, "hosts", "check", "far", "--json")
+    assert down.exit_code == 1
+    result = json.loads(down.stdout)
+    assert result["ok"] is False and result["reachable"] is False
+    assert [r["run_id"] for r in result["waiting"]] == [far.abandoned.id, far.pending.id]
+    plain = run(cfg, "hosts", "check", "far")
+    assert plain.exit_code == 1 and "error:" in plain.stderr
+    assert "waits for 2 run(s)" in plain.stdout and "bosun hosts forget far RUN_ID" in plain.stdout
+
+
+def test_checks_note_names_ten_runs_at_most() -> None:
+    runs = [{"run_id": i, "task_id": 100 + i, "why": "abandoned"} for i in range(1, 13)]
+    note = _waiting_note("box", runs)
+    assert note.startswith("[bold yellow]waits for 12 run(s)[/]: run 1 (task 101, given up)")
+    assert "run 10 (task 110, given up) and 2 more\n" in note and "run 11" not in note
+
+
 # -- the HTTP API ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("method", "path"),
@@ -192,6 +236,8 @@ async def test_the_api_lists_and_forgets_naming_the_token(api: Api) -> None:
     hosts = {h["name"]: h for h in (await client.get("/api/v1/hosts")).json()["hosts"]}
     assert hosts["local"]["waiting_runs"] == 2 and hosts["box"]["waiting_runs"] == 1
     assert (await client.get("/api/v1/hosts/box")).json()["waiting_runs"] == 1
+    checked = (await client.post("/api/v1/hosts/local/check")).json()
+    assert checked["ok"] is True and checked["waiting"] == listed["runs"]
 
     resp = await client.post(
         "/api/v1/hosts/local/forget", json={"runs": [w.pending.id], "note": "host reimaged"}
@@ -243,6 +289,10 @@ async def test_the_cli_lists_and_forgets_through_a_server(api: Api, live_url: st
     code, out, err = await _cli(live_url, api.admin, "hosts", "waiting", "local", "--json")
     assert code == 0, err
     assert [r["run_id"] for r in json.loads(out)["runs"]] == [w.abandoned.id, w.pending.id]
+    code, out, err = await _cli(live_url, api.admin, "hosts", "check", "local")
+    assert code == 0, err
+    assert f"waits for 2 run(s): run {w.abandoned.id} (task {w.abandoned.task_id}" in out
+    assert "`bosun hosts forget local RUN_ID` once you have stopped them by hand" in out
     code, out, err = await _cli(live_url, api.admin, "hosts", "forget", "local",
                                 str(w.abandoned.id), "--note", "seen to")  # fmt: skip
     assert code == 0, err

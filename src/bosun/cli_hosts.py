@@ -327,10 +327,12 @@ def hosts_enable(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) 
 
 @hosts_app.command("check")
 def hosts_check(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Connect to a host, verify its key, and detect its OS, CPUs, memory and agent CLIs.
+    """Connect to a host, verify its key, and detect its OS, CPUs, memory and agent CLIs;
+    say which runs it waits for (`bosun hosts waiting`), if any.
 
     Exits 1 when the host cannot be reached or its key is not trusted (the message shows
-    the key's fingerprint and the command that trusts it)."""
+    the key's fingerprint and the command that trusts it); runs it waits for do not
+    change the exit code."""
     result = _act(config, lambda svc: svc.check_host(name), "POST", f"/api/v1/hosts/{name}/check")
     if as_json:
         _print_json(result)
@@ -375,12 +377,37 @@ def _print_check(r: dict[str, Any]) -> None:
                 escape(str(a.get("version") or a.get("error") or "")),
             )
         _print(at)
+    waiting = r.get("waiting") or []
+    if waiting:
+        _print(_waiting_note(str(r.get("host")), waiting))
     if r.get("error"):
         from bosun import cli
 
         cli.err.print(f"[bold red]error:[/] {escape(str(r['error']))}")
         if r.get("hint"):
             cli.err.print(f"  [bold]fix:[/] {escape(str(r['hint']))}")
+
+
+#: At most this many runs are named in `bosun hosts check`'s note (then "and N more").
+_NAMED = 10
+_WHY = {"abandoned": "given up", "cancel_pending": "its cancel could not reach the host"}
+
+
+def _waiting_note(name: str, runs: list[dict[str, Any]]) -> str:
+    """`bosun hosts check`'s note on the runs host ``name`` waits for."""
+
+    def one(r: dict[str, Any]) -> str:
+        why = str(r.get("why"))
+        return f"run {r.get('run_id')} (task {r.get('task_id')}, {_WHY.get(why, why)})"
+
+    named = ", ".join(one(r) for r in runs[:_NAMED])
+    if len(runs) > _NAMED:
+        named += f" and {len(runs) - _NAMED} more"
+    return f"[bold yellow]waits for {len(runs)} run(s)[/]: " + escape(
+        f"{named}\n  no new work there until bosun has stopped them (it tries at every "
+        f"health check): see `bosun hosts waiting {name}`; `bosun hosts forget {name} "
+        "RUN_ID` once you have stopped them by hand"
+    )
 
 
 @hosts_app.command("waiting")

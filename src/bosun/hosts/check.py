@@ -19,6 +19,7 @@ from typing import Any
 from bosun.config import HostConfig, Settings
 from bosun.errors import BosunError, HostKeyError
 from bosun.hosts.capabilities import Capabilities, agents_for, detect, probe
+from bosun.hosts.waiting import WaitingRun
 from bosun.providers.base import Provider
 
 #: Builds the providers of the hosts in ``settings.hosts`` (``service.make_providers``).
@@ -42,6 +43,9 @@ class CheckResult:
     fingerprint: str | None = None  # of an unknown / changed host key, when known
     capabilities: Capabilities | None = None
     labels: tuple[str, ...] = ()
+    # the runs the host waits for (``bosun hosts waiting``): no new work there until
+    # bosun has stopped them; they do not make the check fail
+    waiting: tuple[WaitingRun, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -60,6 +64,7 @@ class CheckResult:
             "hint": self.hint,
             "labels": list(self.labels),
             "capabilities": None if self.capabilities is None else self.capabilities.to_json(),
+            "waiting": [w.to_json() for w in self.waiting],
         }
 
 

@@ -99,7 +99,8 @@ class HostManager:
         return await self.info(name)
 
     async def check(self, name: str) -> CheckResult:
-        """Check a known host and keep what was found (capabilities, health)."""
+        """Check a known host and keep what was found (capabilities, health); the result
+        also lists the runs the host waits for (they do not make the check fail)."""
         host = await self.registry.get(name)
         if host.problem is not None:
             raise InputError(
@@ -112,7 +113,7 @@ class HostManager:
             await self.registry.record_check(name, result.capabilities)
         elif not result.reachable:
             await hs.record_health(name, healthy=False, error=result.error)
-        return result
+        return dataclasses.replace(result, waiting=tuple(await hs.waiting_runs(name)))
 
     async def waiting(self, name: str) -> list[WaitingRun]:
         """The runs host ``name`` waits for before it gets new work (``NotFound`` for an

@@ -135,22 +135,6 @@ class HostList(BaseModel):
     hosts: list[HostOut]
 
 
-class CheckOut(BaseModel):
-    """The result of a check: connection, host key, capabilities."""
-
-    host: str
-    kind: str
-    address: str | None
-    ok: bool
-    reachable: bool
-    host_key: str = Field(description="trusted, not checked, local, unknown or changed")
-    fingerprint: str | None
-    error: str | None
-    hint: str | None
-    labels: list[str]
-    capabilities: CapabilitiesOut | None
-
-
 class WaitingRunOut(BaseModel):
     """A run its host waits for: bosun stops it before the host gets new work."""
 
@@ -175,6 +159,27 @@ class WaitingRunOut(BaseModel):
 class WaitingOut(BaseModel):
     host: str
     runs: list[WaitingRunOut]
+
+
+class CheckOut(BaseModel):
+    """The result of a check: connection, host key, capabilities; and the runs the host
+    waits for (they do not make ``ok`` false)."""
+
+    host: str
+    kind: str
+    address: str | None
+    ok: bool
+    reachable: bool
+    host_key: str = Field(description="trusted, not checked, local, unknown or changed")
+    fingerprint: str | None
+    error: str | None
+    hint: str | None
+    labels: list[str]
+    capabilities: CapabilitiesOut | None
+    waiting: list[WaitingRunOut] = Field(
+        description="The runs bosun must stop there before the host gets new work, as "
+        "GET /api/v1/hosts/{name}/waiting lists them"
+    )
 
 
 class ForgetIn(BaseModel):
