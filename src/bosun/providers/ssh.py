@@ -78,7 +78,7 @@ from bosun.providers.ssh_scripts import (
     remote_command,
     spare_payload,
 )
-from bosun.providers.ssh_session import HostSession
+from bosun.providers.ssh_session import HostSession, SessionEnded
 from bosun.providers.ssh_trust import fetch_host_key, trust_host_key
 
 __all__ = [
@@ -95,6 +95,11 @@ _RESERVED = frozenset({"cmd.json", "stdin", "stdout", "stderr", "pid", "pgid", "
 _READY_BACKOFF_MAX = 5.0
 #: How long a launch waits for the wrapper to say it runs (a busy host may be slow).
 LAUNCH_TIMEOUT = 60.0
+#: After the session ended under a launch that wrote ``cmd.json``: how long to wait for
+#: the wrapper's pid file before saying that no wrapper started (one that answered
+#: writes it at once).
+STARTED_WAIT = 2.0
+_STARTED_POLL = 0.05
 #: The longest launch (in bytes of quoted words) a spare takes: the FIFO holds it at once.
 _SPARE_MAX = 32768
 #: How long ``ensure_ready`` waits for SSH after running a host's ``wake_command``.
@@ -342,8 +347,10 @@ class SshProvider:
         # The directories first: sent alongside them, the request nearly always arrived
         # first here, was refused and went again (docs/benchmarks.md).
         await made
-        spare = self.session.take_spare() if len(payload) <= _SPARE_MAX else None
+        fits = len(payload) <= _SPARE_MAX
+        spare = self.session.take_spare() if fits else None
         answer: list[str] | None = None  # the spare's launch's answer, if it has one
+        sent = ""  # how the launch sent before a relaunch went (a spare, setsid)
         try:
             while True:
                 if spare is None:
@@ -351,11 +358,37 @@ class SshProvider:
                 else:
                     args = [str(spare.slot), str(spare.pid), *head, payload]
                 answer = None
-                words = answer = await self.session.call("launch", args, timeout=LAUNCH_TIMEOUT)
+                try:
+                    words = answer = await self.session.call("launch", args, timeout=LAUNCH_TIMEOUT)
+                except SessionEnded as ended:
+                    # The shell died under the request, the link is up: the run directory
+                    # tells whether the request ran, on a new session.
+                    run = await self._launched(command, run_dir, ended)
+                    if run is not None:
+                        self.launches["setsid" if spare is None else "spare"] += 1
+                        return run
+                    if sent:
+                        raise ProviderError(
+                            f"the session shell of host {self.name} ended twice under the "
+                            f"launch of {command.argv[0]!r}: nothing was started in {run_dir}",
+                            hint="check what kills sh on the host (memory, an admin's "
+                            "script); the attempt can be retried",
+                        ) from ended
+                    # It never ran: once more (the dead session's spares are gone).
+                    sent = "setsid" if spare is None else "spare"
+                    spare = self.session.take_spare() if fits else None
+                    continue
                 if words == ["nospare"] and spare is not None:  # it died: start one anew
                     self.session.spare_done(spare, written=True)
                     spare = None
                     continue
+                if words == ["used"] and sent:
+                    # The first request ran after all: a session shell that bosun counted
+                    # as ended (replaced after a reconnect) still served what it had read.
+                    run = await self._launched(command, run_dir, None)
+                    if run is not None:
+                        self.launches[sent] += 1
+                        return run
                 break
         except TimeoutError:
             raise ProviderError(
@@ -394,6 +427,52 @@ class SshProvider:
         pid = int(words[1])
         self.launches["setsid" if spare is None else "spare"] += 1
         return SshRun(self, run_dir, pid, pid)
+
+    async def _launched(
+        self, command: Command, run_dir: str, ended: SessionEnded | None
+    ) -> SshRun | None:
+        """After the session ended under a launch (``ended``), on a new session: the run
+        the launch started (its wrapper wrote its pid), or None when it never ran (no
+        ``cmd.json``); ``ProviderError`` when ``cmd.json`` is there and no wrapper says
+        its pid within :data:`STARTED_WAIT` (a run directory is launched once)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STARTED_WAIT
+        try:
+            while True:
+                words = await self.session.call(
+                    "launched", [run_dir], retry=True, timeout=LAUNCH_TIMEOUT
+                )
+                if words == ["none"]:
+                    return None
+                if len(words) == 3 and words[0] == "pid" and all(w.isdigit() for w in words[1:]):
+                    return SshRun(self, run_dir, int(words[1]), int(words[2]))
+                if words != ["nopid"]:
+                    raise ProviderError(
+                        f"host {self.name}: unexpected answer about {run_dir}: "
+                        f"{' '.join(words)[:200]!r}",
+                        hint="report this as a bug",
+                    )
+                # A wrapper that answered writes its pid at once; one that never started
+                # never will.
+                if loop.time() >= deadline:
+                    break
+                await asyncio.sleep(_STARTED_POLL)
+        except TimeoutError:
+            raise ProviderError(
+                f"host {self.name}: the session did not answer within {LAUNCH_TIMEOUT:g}s "
+                f"whether {command.argv[0]!r} was started in {run_dir}",
+                hint=f"look in {run_dir} on the host: a pid file there names the run",
+            ) from None
+        why = f" ({ended.message})" if ended is not None else ""
+        raise ProviderError(
+            f"the launch of {command.argv[0]!r} on host {self.name} was cut off{why}: "
+            f"{run_dir} holds cmd.json but no wrapper started there (no pid file after "
+            f"{STARTED_WAIT:g}s; stderr: {await self._stderr_tail(run_dir)}); bosun does not "
+            "launch a run directory twice",
+            hint="this attempt fails; the task can be retried (a new attempt gets a run "
+            f"directory of its own). {run_dir} is left as it is: if a process started there "
+            "after all, stop it",
+        )
 
     async def _stderr_tail(self, run_dir: str) -> str:
         """The end of a run's stderr (where setsid and the wrapper say what failed)."""

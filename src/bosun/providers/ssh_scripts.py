@@ -145,6 +145,10 @@ SPARES = 2
 #: spare has answered (it has read its command and runs it), or, when a launch never
 #: had an answer, with ``refill N PID``, which kills that spare and gives the slot a new
 #: FIFO (the killed one may hold the old one a moment longer, with what it left unread).
+#:
+#: ``launched ID RUN_DIR`` tells what a launch cut off by the end of a session left in its
+#: run directory: ``none`` (no ``cmd.json``: it never ran), ``pid PID PGID`` (the wrapper
+#: wrote its pid) or ``nopid`` (``cmd.json`` and no pid, or not yet).
 SESSION_SCRIPT = (
     r"""PATH=$1; sd=$2; umask 077; set -f
 bosun_wrapper="""
@@ -256,6 +260,14 @@ bosun_probe() {
 }
 bosun_signal() {
   if kill -"$2" -"$3" 2>/dev/null; then echo "$1 sent"; else echo "$1 gone"; fi
+}
+bosun_launched() {
+  if [ ! -e "$2/cmd.json" ]; then echo "$1 none"; return 0; fi
+  p=; read -r p 2>/dev/null <"$2/pid"
+  case $p in ''|*[!0-9]*) echo "$1 nopid"; return 0 ;; esac
+  g=; read -r g 2>/dev/null <"$2/pgid"
+  case $g in ''|*[!0-9]*) g=$p ;; esac
+  echo "$1 pid $p $g"
 }
 if ! setsid -f true </dev/null >/dev/null 2>&1; then echo "0 ready nosetsid"
 elif bosun_fifos; then echo "0 ready setsid spares"

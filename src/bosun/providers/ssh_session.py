@@ -16,11 +16,14 @@ the request id, then words. Requests are served one at a time, in order.
   once it runs in its own session, while the session serves the next request.
 - ``probe``: for any number of runs, the exit code, whether ``stdout``/``stderr`` hold
   anything and whether the process group lives, with builtins only (files and /proc).
+- ``launched``: what a launch cut off by the end of a session left in its run directory
+  (no ``cmd.json``; the wrapper's pid; ``cmd.json`` and no pid).
 
 The session holds no state that matters: runs are detached and their files are the
 record, so a session that dies (its shell killed, the link lost) fails the requests in
-flight (``HostUnreachable`` when the link is gone, else ``ProviderError``) and the next
-request starts a new one.
+flight (``HostUnreachable`` when the link is gone, else :class:`SessionEnded`) and the
+next request starts a new one. A probe or a signal is simply sent again; a launch finds
+out from the run directory whether it took effect (``SshProvider._launch_in_session``).
 """
 
 from __future__ import annotations
@@ -38,13 +41,18 @@ from bosun.errors import HostUnreachable, ProviderError
 from bosun.providers.ssh_conn import SshLink
 from bosun.providers.ssh_scripts import SESSION_SCRIPT, SPARES, remote_command, session_request
 
-__all__ = ["HostSession", "Spare"]
+__all__ = ["HostSession", "SessionEnded", "Spare"]
 
 log = logging.getLogger(__name__)
 
 #: How long the session may take to start and say it is ready.
 START_TIMEOUT = 30.0
 _STDERR_KEEP = 2000
+
+
+class SessionEnded(ProviderError):
+    """The session shell ended under a request while the link is up (the shell was
+    killed, or its channel closed): the request may have run, or not."""
 
 
 class Spare(NamedTuple):
@@ -94,7 +102,8 @@ class HostSession:
 
         ``retry``: when the session ends under the request while the link is up (its
         shell was killed), send it once more on a new session; only for requests that
-        may run twice (a probe, a signal), never for a launch. ``timeout``: seconds to
+        may run twice (a probe, a signal), never for a launch (which raises
+        :class:`SessionEnded` and looks at its run directory). ``timeout``: seconds to
         wait for the answer (``TimeoutError``)."""
         # (asyncio.timeout, not wait_for: no task of its own, so no turn of a busy loop)
         try:
@@ -124,6 +133,11 @@ class HostSession:
                 await proc.stdin.drain()
             return await fut
         except (asyncssh.Error, OSError, BrokenPipeError) as exc:
+            # The channel is closed before the reader saw its end: the next request starts
+            # a new session rather than writing to this one again.
+            if self._proc is proc:
+                self._proc = None
+                proc.close()
             raise self._ended(exc) from exc
         finally:
             self._waiting.pop(request_id, None)
@@ -257,12 +271,12 @@ class HostSession:
                     return
                 self._err_tail = (self._err_tail + chunk)[-_STDERR_KEEP:]
 
-    def _ended(self, exc: BaseException | None) -> HostUnreachable | ProviderError:
+    def _ended(self, exc: BaseException | None) -> HostUnreachable | SessionEnded:
         if not self.link.connected:
             return self.link.unreachable("the SSH connection was lost")
         said = self._err_tail.decode(errors="replace").strip()[-300:]
         reason = f": {exc}" if exc is not None else ""
-        return ProviderError(
+        return SessionEnded(
             f"host {self.name}: the bosun session shell ended{reason}"
             + (f" ({said})" if said else ""),
             hint="bosun starts a new one on its next request; if this repeats, check the host",

@@ -1,0 +1,230 @@
+"""A launch whose host session shell dies under it, against a real sshd: on a new session
+the run directory tells whether the launch took effect; it is then sent once more (it
+never ran), followed (its wrapper runs), or refused (cmd.json and no wrapper), and an
+agent never runs twice nor unknown to bosun."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from bosun.config import HostConfig
+from bosun.errors import ProviderError
+from bosun.providers import ssh as ssh_module
+from bosun.providers.base import Command, RunHandle
+from bosun.providers.ssh import SshProvider
+from bosun.providers.ssh_scripts import SPARES
+from tests.provider_contract import PATH_ENV, drain, start, wait_exit
+from tests.sshd import SshdFleet, SshHost
+
+pytestmark = pytest.mark.ssh
+
+#: The agent: one line per start in ``ran`` (its pid), one line of output.
+AGENT = ["sh", "-c", 'echo "$$" >> ran; echo once']
+
+
+@pytest.fixture
+def host(sshd: SshdFleet) -> SshHost:
+    (h,) = sshd.start(1)
+    sshd.trust(h)
+    return h
+
+
+@pytest.fixture(params=[True, False], ids=["spare", "setsid"])
+async def provider(
+    request: pytest.FixtureRequest, sshd: SshdFleet, host: SshHost, tmp_path: Path
+) -> AsyncIterator[SshProvider]:
+    """Ready, its session not started yet: launched by a spare, or by the session's
+    setsid."""
+    table = sshd.host_table(host, spares=request.param)
+    p = SshProvider(host.name, HostConfig(**table), str(tmp_path / "state"))
+    await p.ensure_ready()
+    yield p
+    await p.aclose()
+
+
+def work_dir(host: SshHost) -> Path:
+    """The agent's working directory, in the host user's home and owned by that user."""
+    path = host.home / "work"
+    path.mkdir(exist_ok=True)
+    os.chown(path, host.uid, host.lease.gid)
+    return path
+
+
+async def wait_until(condition: Callable[[], bool], limit: float = 10.0) -> None:
+    for _ in range(int(limit / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not within {limit}s")
+
+
+async def session_started(p: SshProvider, host: SshHost) -> int:
+    """Start the host session (and wait for its spares, if it has some): its shell's pid."""
+    await p.session.start()
+    if p.session.has_spares:
+        await wait_until(lambda: p.session.idle_spares == SPARES)
+    (shell,) = session_shells(host)
+    return shell
+
+
+def session_shells(host: SshHost) -> list[int]:
+    """Pids of the host's bosun session shells (``/bin/sh -s PATH``)."""
+    return [pid for pid, _pgid, argv in host.processes() if argv[:2] == ["/bin/sh", "-s"]]
+
+
+def spy_calls(
+    p: SshProvider, monkeypatch: pytest.MonkeyPatch, before: Callable[[str], None] | None = None
+) -> list[str]:
+    """The functions of the requests the provider sends its session from now on, in
+    order (``before`` runs as each is sent)."""
+    calls: list[str] = []
+    real = p.session.call
+
+    async def spy(function: str, args: Any, **kwargs: Any) -> list[str]:
+        calls.append(function)
+        if before is not None:
+            before(function)
+        return await real(function, args, **kwargs)
+
+    monkeypatch.setattr(p.session, "call", spy)
+    return calls
+
+
+def kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+async def ran_once(run: RunHandle, work: Path) -> None:
+    """The run ends well, and the agent started once on the host."""
+    assert await wait_exit(run) == 0
+    assert (await drain(run))["stdout"] == ["once"]
+    assert len((work / "ran").read_text().split()) == 1
+
+
+async def test_the_shell_killed_before_the_request_launches_once_on_a_new_session(
+    provider: SshProvider, host: SshHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session shell is killed as the launch request goes out (bosun has not seen it
+    end yet): the request is lost with it, no cmd.json was written, so the launch goes
+    once more on a new session and the agent runs once."""
+    work = work_dir(host)
+    shell = await session_started(provider, host)
+
+    def kill_first_launch(function: str) -> None:
+        if function == "launch" and calls.count("launch") == 1:
+            kill(shell)
+
+    calls = spy_calls(provider, monkeypatch, kill_first_launch)
+    run = await start(provider, "killed-before", AGENT, work)
+    assert calls == ["launch", "launched", "launch"]
+    assert provider.session.starts == 2 and shell not in session_shells(host)
+    assert sum(provider.launches.values()) == 1
+    await ran_once(run, work)
+
+
+async def test_a_launch_goes_once_more_only(
+    provider: SshProvider, host: SshHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session shell is killed as each launch request goes out: the launch is sent
+    twice, then fails saying that nothing was started in the run directory."""
+    work = work_dir(host)
+    await session_started(provider, host)
+
+    def kill_every_launch(function: str) -> None:
+        if function == "launch":
+            for shell in session_shells(host):
+                kill(shell)
+
+    calls = spy_calls(provider, monkeypatch, kill_every_launch)
+    run_dir = await provider.run_dir("killed-twice")
+    with pytest.raises(ProviderError, match="ended twice") as caught:
+        await start(provider, "killed-twice", AGENT, work)
+    assert f"nothing was started in {run_dir}" in caught.value.message
+    assert calls == ["launch", "launched", "launch", "launched"]
+    assert not os.path.exists(f"{run_dir}/cmd.json") and not (work / "ran").exists()
+    assert sum(provider.launches.values()) == 0
+
+
+async def test_a_run_handed_over_before_the_shell_died_is_followed_not_launched_again(
+    provider: SshProvider, host: SshHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wrapper (a spare, or started with setsid) has the run and answers, but its
+    answer is lost and the session shell then dies: the launch finds the wrapper's pid
+    in the run directory on a new session and returns that run; nothing starts twice."""
+    work = work_dir(host)
+    dropped: list[bytes] = []
+    shell: list[int] = []
+    real_read = provider.session._read
+
+    async def lossy_read(proc: asyncssh.SSHClientProcess[bytes]) -> None:
+        """The session's reader, without the first launch answer (``ID ok PID``): once
+        that was written, the session shell is killed on the host."""
+        stdout = proc.stdout
+        real_readline = stdout.readline
+
+        async def readline() -> bytes:
+            while True:
+                line = await real_readline()
+                if not dropped and line.split()[1:2] == [b"ok"]:
+                    dropped.append(line)
+                    kill(shell[0])
+                    continue
+                return line
+
+        monkeypatch.setattr(stdout, "readline", readline)
+        await real_read(proc)
+
+    monkeypatch.setattr(provider.session, "_read", lossy_read)
+    shell.append(await session_started(provider, host))
+    calls = spy_calls(provider, monkeypatch)
+    run = await start(provider, "answer-lost", AGENT, work)
+    assert len(dropped) == 1
+    assert run.ref["pid"] == run.ref["pgid"] == int(dropped[0].split()[2])
+    assert calls[:2] == ["launch", "launched"] and calls.count("launch") == 1
+    assert provider.session.starts == 2 and shell[0] not in session_shells(host)
+    assert sum(provider.launches.values()) == 1
+    await ran_once(run, work)
+
+
+async def test_cmd_json_without_a_wrapper_fails_naming_the_run_directory(
+    provider: SshProvider, host: SshHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session shell dies after it created cmd.json and before any wrapper had the
+    run (it is held up writing a run file into a FIFO, and killed there): no pid ever
+    comes, so the launch fails with what was found and where, and starts nothing."""
+    work = work_dir(host)
+    monkeypatch.setattr(ssh_module, "STARTED_WAIT", 0.3)
+    shell = await session_started(provider, host)
+    run_dir = await provider.run_dir("cut-off")
+    await provider.makedirs(run_dir)
+    os.mkfifo(f"{run_dir}/held")  # no reader: the session's write into it waits
+    os.chown(f"{run_dir}/held", host.uid, -1)
+    calls = spy_calls(provider, monkeypatch)
+    cmd = Command(argv=tuple(AGENT), cwd=str(work), env=PATH_ENV, files={"held": b"x"})
+    launch: asyncio.Task[RunHandle] = asyncio.create_task(provider.launch(cmd, run_dir))
+    try:
+        await wait_until(lambda: os.path.exists(f"{run_dir}/cmd.json"))
+        kill(shell)
+        with pytest.raises(ProviderError) as caught:
+            await launch
+    finally:
+        launch.cancel()
+        await asyncio.gather(launch, return_exceptions=True)
+    message = caught.value.message
+    assert f"{run_dir} holds cmd.json but no wrapper started there" in message
+    assert "bosun does not launch a run directory twice" in message
+    assert caught.value.hint is not None and run_dir in caught.value.hint
+    assert calls.count("launch") == 1 and "launched" in calls
+    assert not os.path.exists(f"{run_dir}/pid") and not (work / "ran").exists()
+    assert not [argv for _pid, _pgid, argv in host.processes() if run_dir in argv]
+    assert sum(provider.launches.values()) == 0
