@@ -22,7 +22,10 @@ once), writes ``stdin`` and the run files with ``printf``, and hands the run to 
 wrapper already waiting in a session of its own, or else starts the wrapper with
 ``setsid`` in a subshell that exports exactly the run's variables (their values never
 appear on a command line, where other users of the host could read them); the wrapper
-answers with its pid once it leads its own session. Agents in tmux mode, hosts without
+answers with its pid once it leads its own session. When the session shell dies under
+the request while the link is up, a new session tells from the run directory whether the
+launch took effect: it is sent once more, its run is returned, or it fails (``cmd.json``
+and no wrapper), and a run directory is still launched once. Agents in tmux mode, hosts without
 ``setsid -f`` and files holding NUL bytes take the older way: the files
 over SFTP (``env.sh`` with mode 0600 for the variables) and one exec channel running
 :data:`~bosun.providers.ssh_scripts.LAUNCH_SCRIPT`.
@@ -335,7 +338,12 @@ class SshProvider:
 
         A waiting spare of the session takes the launch when there is one (its words go
         down its FIFO: the wrapper is already running in its own session); else the
-        session starts the wrapper with setsid."""
+        session starts the wrapper with setsid.
+
+        When the session ends under the request and the link is up (``SessionEnded``),
+        :meth:`_launched` asks a new session what the run directory holds: no
+        ``cmd.json``: the request is sent once more (the dead session's spare is gone);
+        the wrapper's pid: that run is returned; ``cmd.json`` alone: ``ProviderError``."""
         env = env_pairs(command.env)
         keep_pwd = "1" if "PWD" in command.env else "0"
         head = [run_dir, command.cwd, keep_pwd, str(len(subdirs)), *subdirs, str(1 + len(files))]
