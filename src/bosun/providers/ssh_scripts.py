@@ -26,6 +26,7 @@ __all__ = [
     "PREPARE_SCRIPT",
     "SESSION_SCRIPT",
     "SPARES",
+    "SPARE_LINE",
     "SPARE_SCRIPT",
     "env_pairs",
     "env_script",
@@ -92,12 +93,26 @@ printf '%s\n%s' "$HOME" "$PATH"
 #: :data:`SESSION_SCRIPT`): ``setsid -f /bin/sh -c SPARE_SCRIPT bosun-spare ID FIFO`` with
 #: fd 3 on the session's stdout. It says ``ID spare PID`` at once, then sources its FIFO
 #: (``.``: the shell reads it in blocks, where ``read`` takes a byte per system call), in
-#: which the session writes one command for one launch: ``bosun_run REQUEST-ID WORDS``,
-#: the words made by :func:`quote` (:func:`spare_payload`). ``bosun_run`` exports the
-#: run's variables, answers ``REQUEST-ID ok PID`` and goes on as the run's wrapper (the
-#: text of :data:`~bosun.providers.local.WRAPPER_SCRIPT`, which ends with ``exit``), so a
-#: launch costs the host no process but the agent's. End of file on the FIFO (the session
-#: shell is gone, and with it the FIFO's only writer) ends a spare that is still waiting.
+#: which the session writes one command for one launch, :data:`SPARE_LINE`: a brace group
+#: ``{ bosun_run REQUEST-ID WORDS`` newline ``}``, the words made by :func:`quote`
+#: (:func:`spare_payload`). ``bosun_run`` exports the run's variables, answers
+#: ``REQUEST-ID ok PID`` and goes on as the run's wrapper (the text of
+#: :data:`~bosun.providers.local.WRAPPER_SCRIPT`, which ends with ``exit``), so a launch
+#: costs the host no process but the agent's. End of file on the FIFO (the session shell
+#: is gone, and with it the FIFO's only writer) ends a spare that is still waiting.
+#:
+#: The spare runs a launch only when all of it arrived. A line may be longer than
+#: PIPE_BUF (4 KiB), whose writes to a FIFO are not atomic, so a session shell killed while
+#: it writes one leaves the spare a prefix and then end of file. A bare ``bosun_run``
+#: line cut at a word boundary, inside an unquoted word or between the quoted pieces of a
+#: word that holds a ``'`` would be a shorter command that runs (fewer variables, a
+#: truncated argv); but a shell runs a compound command only once it has parsed all of
+#: it, up to its ``}`` (what follows the ``}`` could be a redirection of the whole group),
+#: so every prefix short of the ``}`` is a syntax error: the spare exits there (dash, and
+#: bash as ``sh``; a bash not in POSIX mode goes on to ``exit 0``), having exported
+#: nothing, run nothing and answered nothing. That launch is then one whose session shell
+#: died after ``cmd.json`` and before a wrapper had the run
+#: (``SshProvider._launch_in_session``): it fails, naming the run directory.
 SPARE_SCRIPT = (
     r"""echo "$1 spare $$" >&3
 bosun_run() {
@@ -112,6 +127,11 @@ unset i n
 exit 0
 """
 )
+
+#: The ``printf`` format of the one line a launch writes to a spare's FIFO (see
+#: :data:`SPARE_SCRIPT`): the launch request's id and :func:`spare_payload`'s words, in a
+#: brace group, so that a spare runs none of a line that was cut off.
+SPARE_LINE = "{ bosun_run %s %s\n}\n"
 
 #: Spares a host session keeps waiting (each a FIFO held open by the session on fd 4+N).
 #: :data:`SESSION_SCRIPT` spells the slots out (FIFOs ``.1`` and ``.2``, fds 5 and 6):
@@ -140,7 +160,8 @@ SPARES = 2
 #: :data:`SPARES` FIFOs ``SPARE_DIR/PID.N`` (removing those of sessions that are gone) and
 #: holds each open read-write on fd 4+N; ``refill N`` starts a spare reading FIFO N. A
 #: launch given a spare (``launch ID N SPARE_PID ...``) writes the run's files as always
-#: and then one command line to that FIFO: the wrapper is already running in a session of
+#: and then one command to that FIFO (:data:`SPARE_LINE`, a brace group: a spare runs none
+#: of a line cut off by the shell's death): the wrapper is already running in a session of
 #: its own. No spare ever reads another's launch: bosun refills a slot only once its
 #: spare has answered (it has read its command and runs it), or, when a launch never
 #: had an answer, with ``refill N PID``, which kills that spare and gives the slot a new
@@ -156,6 +177,9 @@ bosun_wrapper="""
     + r"""
 bosun_spare="""
     + shlex.quote(SPARE_SCRIPT)
+    + r"""
+bosun_line="""
+    + shlex.quote(SPARE_LINE)
     + r"""
 proc=; [ -r /proc/self/stat ] && proc=1
 bosun_fifos() {
@@ -198,8 +222,8 @@ bosun_launch() {
     shift 2; nf=$((nf - 1))
   done
   case $k in
-  1) printf 'bosun_run %s %s\n' "$i" "$1" >&5 ;;
-  2) printf 'bosun_run %s %s\n' "$i" "$1" >&6 ;;
+  1) printf "$bosun_line" "$i" "$1" >&5 ;;
+  2) printf "$bosun_line" "$i" "$1" >&6 ;;
   *) ( ne=$1; shift
        while [ "$ne" -gt 0 ]; do export "$1"; shift; ne=$((ne - 1)); done
        exec setsid -f /bin/sh -c "$bosun_wrapper" "bosun-run-$i" "$d" "$cwd" "$kp" "$@"
@@ -286,7 +310,8 @@ def session_request(function: str, request_id: int, args: Sequence[str]) -> byte
 
 def spare_payload(words: Sequence[str]) -> str:
     """What a launch hands a spare (:data:`SPARE_SCRIPT`): the words, each made by
-    :func:`quote`, for the command ``bosun_run`` that the spare reads from its FIFO."""
+    :func:`quote`, for the command ``bosun_run`` that the spare reads from its FIFO (the
+    session writes them there in :data:`SPARE_LINE`)."""
     return " ".join(_quoted(words))
 
 
