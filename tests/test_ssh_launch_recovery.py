@@ -5,10 +5,13 @@ agent never runs twice nor unknown to bosun."""
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
+import termios
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from bosun.errors import ProviderError
 from bosun.providers import ssh as ssh_module
 from bosun.providers.base import Command, RunHandle
 from bosun.providers.ssh import SshProvider
-from bosun.providers.ssh_scripts import SPARES
+from bosun.providers.ssh_scripts import SPARE_LINE, SPARES, env_pairs, spare_payload
 from tests.provider_contract import PATH_ENV, drain, start, wait_exit
 from tests.sshd import SshdFleet, SshHost
 
@@ -228,3 +231,82 @@ async def test_cmd_json_without_a_wrapper_fails_naming_the_run_directory(
     assert not os.path.exists(f"{run_dir}/pid") and not (work / "ran").exists()
     assert not [argv for _pid, _pgid, argv in host.processes() if run_dir in argv]
     assert sum(provider.launches.values()) == 0
+
+
+def fifo_opened(pid: int, fifo: Path) -> bool:
+    """Whether process ``pid`` has ``fifo`` open."""
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(fifo):
+                    return True
+    return False
+
+
+async def test_a_spare_given_a_launch_cut_off_by_the_shells_death_runs_none_of_it(
+    sshd: SshdFleet, host: SshHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session shell is killed while it writes a long launch down a spare's FIFO
+    (the FIFOs hold 4 KiB here and the spares are stopped, so the write waits, the line
+    cut among the agent's unquoted words): the spare reads that prefix and end of file,
+    runs none of it (a bare ``bosun_run`` line would have run the agent with fewer
+    words) and ends, and the launch fails as one whose shell died before a wrapper had
+    the run."""
+    work = work_dir(host)
+    monkeypatch.setattr(ssh_module, "STARTED_WAIT", 0.3)
+    table = sshd.host_table(host, spares=True)
+    p = SshProvider(host.name, HostConfig(**table), str(tmp_path / "state"))
+    readers: list[int] = []
+    stopped: list[int] = []
+    launch: asyncio.Task[RunHandle] | None = None
+    try:
+        await p.ensure_ready()
+        shell = await session_started(p, host)
+        # (pid, FIFO) of each spare: ``/bin/sh -c SPARE bosun-spare ID FIFO``, the FIFO's
+        # path relative to the home directory, where the session runs
+        spares = [(pid, host.home / a[-1]) for pid, _g, a in host.processes() if "bosun-spare" in a]
+        assert len(spares) == SPARES
+        for pid, fifo in spares:
+            await wait_until(lambda: fifo_opened(pid, fifo))  # noqa: B023 (awaited here)
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+            readers.append(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+            fcntl.fcntl(readers[-1], fcntl.F_SETPIPE_SZ, 4096)
+        words = [f"w{i}-" + "x" * 95 for i in range(100)]  # 10 KiB, left unquoted
+        agent = ["sh", "-c", 'echo "$#" >> ran', "agent", *words]
+        run_dir = await p.run_dir("cut-line")
+        launch = asyncio.create_task(start(p, "cut-line", agent, work))
+        # The line (~10 KiB) does not fit: once some of it is in a FIFO, the write waits.
+        await wait_until(lambda: any(map(queued, readers)))
+        kill(shell)
+        # the spare reads a prefix that ends among the agent's words (old spares ran that)
+        head = spare_payload(["1", *env_pairs(PATH_ENV), run_dir, str(work), "0", *agent[:4]])
+        assert len(SPARE_LINE % (1, head)) < sum(map(queued, readers)) <= 4096
+        for fd in readers:
+            os.close(fd)
+        readers.clear()
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        with pytest.raises(ProviderError) as caught:
+            await launch
+        assert f"{run_dir} holds cmd.json but no wrapper started there" in caught.value.message
+        await wait_until(lambda: not set(stopped) & {pid for pid, _g, _a in host.processes()})
+        assert not os.path.exists(f"{run_dir}/pid") and not (work / "ran").exists()
+        assert sum(p.launches.values()) == 0
+    finally:
+        for fd in readers:
+            os.close(fd)
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if launch is not None:
+            launch.cancel()
+            await asyncio.gather(launch, return_exceptions=True)
+        await p.aclose()
+
+
+def queued(fd: int) -> int:
+    """Bytes waiting in the pipe ``fd`` reads."""
+    buf = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, buf)
+    return buf[0]
