@@ -25,6 +25,7 @@ from bosun.providers import ssh as ssh_module
 from bosun.providers.base import Command, RunHandle
 from bosun.providers.ssh import SshProvider
 from bosun.providers.ssh_scripts import SPARE_LINE, SPARES, env_pairs, spare_payload
+from bosun.providers.ssh_session import SessionEnded
 from tests.provider_contract import PATH_ENV, drain, start, wait_exit
 from tests.sshd import SshdFleet, SshHost
 
@@ -169,7 +170,7 @@ async def test_a_run_handed_over_before_the_shell_died_is_followed_not_launched_
     shell: list[int] = []
     real_read = provider.session._read
 
-    async def lossy_read(proc: asyncssh.SSHClientProcess[bytes]) -> None:
+    async def lossy_read(proc: asyncssh.SSHClientProcess[bytes], waiting: Any) -> None:
         """The session's reader, without the first launch answer (``ID ok PID``): once
         that was written, the session shell is killed on the host."""
         stdout = proc.stdout
@@ -185,7 +186,7 @@ async def test_a_run_handed_over_before_the_shell_died_is_followed_not_launched_
                 return line
 
         monkeypatch.setattr(stdout, "readline", readline)
-        await real_read(proc)
+        await real_read(proc, waiting)
 
     monkeypatch.setattr(provider.session, "_read", lossy_read)
     shell.append(await session_started(provider, host))
@@ -310,3 +311,39 @@ def queued(fd: int) -> int:
     buf = array.array("i", [0])
     fcntl.ioctl(fd, termios.FIONREAD, buf)
     return buf[0]
+
+
+async def test_the_shell_s_exit_ends_the_session_while_its_output_is_still_held(
+    provider: SshProvider, host: SshHost
+) -> None:
+    """A process still holding the session's output (as a spare blocked on opening a FIFO
+    that lost its writer does) keeps the channel open after the shell died: bosun learns
+    the end from the shell's exit status, so a waiting request fails at once with
+    ``SessionEnded`` rather than at its timeout, and the next request gets a new session."""
+    shell = await session_started(provider, host)
+    # the holder: opens the shell's stdout (the channel's pipe) as root, through /proc
+    holder = await asyncio.create_subprocess_exec(
+        "python3",
+        "-c",
+        "import os, sys, time; os.open(sys.argv[1], os.O_WRONLY); print('held', flush=True);"
+        " time.sleep(120)",
+        f"/proc/{shell}/fd/1",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert await holder.stdout.readline() == b"held\n"
+        os.kill(shell, signal.SIGSTOP)  # the request below waits for an answer
+        pending = asyncio.ensure_future(provider.session.call("probe", [], timeout=60))
+        await asyncio.sleep(0.2)
+        assert not pending.done()
+        kill(shell)
+        with pytest.raises(SessionEnded):
+            await asyncio.wait_for(pending, 30)  # a guard: the timeout above is 60 s
+        assert holder.returncode is None  # the channel's output was held all along
+        assert await provider.session.call("probe", [], timeout=30) == []  # a new session
+        assert [p for p in session_shells(host) if p != shell] != []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            holder.kill()
+        await holder.wait()

@@ -156,7 +156,9 @@ SPARES = 2
 #: and SIGQUIT ignored, and so would the agent be. The session launches only where
 #: ``setsid -f`` works (util-linux 2.31+).
 #:
-#: Spares (:data:`SPARE_SCRIPT`): where ``mkfifo`` works, the session makes
+#: Spares (:data:`SPARE_SCRIPT`): where ``mkfifo`` works and ``/bin/sh`` is not bash or
+#: zsh (they read a sourced FIFO to its end before running any of it, and the session
+#: holds every FIFO open, so a spare there would wait for ever), the session makes
 #: :data:`SPARES` FIFOs ``SPARE_DIR/PID.N`` (removing those of sessions that are gone) and
 #: holds each open read-write on fd 4+N; ``refill N`` starts a spare reading FIFO N. A
 #: launch given a spare (``launch ID N SPARE_PID ...``) writes the run's files as always
@@ -184,6 +186,10 @@ bosun_line="""
 proc=; [ -r /proc/self/stat ] && proc=1
 bosun_fifos() {
   [ -n "$sd" ] || return 1
+  # bash and zsh read a sourced file to its end before they run any of it, and a spare's
+  # FIFO has no end while this shell holds it open: a spare there would never start its
+  # launch. No spares where /bin/sh is one of them (each launch starts with setsid).
+  [ -z "${BASH_VERSION-}${ZSH_VERSION-}" ] || return 1
   [ -d "$sd" ] || mkdir -p -- "$sd" 2>/dev/null || return 1
   # a spare runs what its FIFO says: only this user may make or replace one there
   chmod 700 -- "$sd" 2>/dev/null || return 1
@@ -194,7 +200,11 @@ bosun_fifos() {
     [ -p "$f" ] || continue
     p=${f##*/}; p=${p%.*}
     case $p in *[!0-9]*|'') continue ;; esac
-    kill -0 "$p" 2>/dev/null || set -- "$@" "$f"
+    kill -0 "$p" 2>/dev/null && continue
+    # A spare of that session may be blocked opening this FIFO (its shell died between
+    # starting it and its open): a writer for a moment lets it open, read the end, exit.
+    { command exec 7<>"$f" && exec 7>&-; } 2>/dev/null
+    set -- "$@" "$f"
   done
   set -f
   rm -f -- "$@" && mkfifo -m 600 -- "$sd/$$.1" "$sd/$$.2" 2>/dev/null || return 1

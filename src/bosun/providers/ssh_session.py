@@ -126,7 +126,8 @@ class HostSession:
         if session is not None and session != self.starts:
             raise self._ended(None)
         fut: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-        self._waiting[request_id] = fut
+        waiting = self._waiting  # this session's: its end fails only its own requests
+        waiting[request_id] = fut
         try:
             proc.stdin.write(data)
             if len(data) > 65536:
@@ -140,7 +141,7 @@ class HostSession:
                 proc.close()
             raise self._ended(exc) from exc
         finally:
-            self._waiting.pop(request_id, None)
+            waiting.pop(request_id, None)
 
     async def start(self) -> None:
         """Start the session now if it is not running (what it learnt of the host, such
@@ -179,11 +180,15 @@ class HostSession:
             self.has_setsid = words[2:3] == ["setsid"]
             self.has_spares = words[3:] == ["spares"]
             self._proc, self._conn = proc, conn
+            self._waiting = {}
+            self._watch_exit(proc)
             self.starts += 1
             if self.has_spares:
                 for slot in range(1, SPARES + 1):
                     self._start_refill(slot)
-            self._reader = asyncio.create_task(self._read(proc), name=f"bosun-session-{self.name}")
+            self._reader = asyncio.create_task(
+                self._read(proc, self._waiting), name=f"bosun-session-{self.name}"
+            )
             self._stderr = asyncio.create_task(
                 self._drain(proc), name=f"bosun-session-err-{self.name}"
             )
@@ -240,7 +245,11 @@ class HostSession:
         else:
             log.debug("host %s: no spare in slot %s (%s)", self.name, slot, " ".join(words))
 
-    async def _read(self, proc: asyncssh.SSHClientProcess[bytes]) -> None:
+    async def _read(
+        self,
+        proc: asyncssh.SSHClientProcess[bytes],
+        waiting: dict[int, asyncio.Future[list[str]]],
+    ) -> None:
         error: BaseException | None = None
         try:
             while True:
@@ -251,17 +260,48 @@ class HostSession:
                 if not words or not words[0].isdigit():
                     log.warning("host %s: unexpected session output %r", self.name, line[:200])
                     continue
-                fut = self._waiting.get(int(words[0]))
+                fut = waiting.get(int(words[0]))
                 if fut is not None and not fut.done():
                     fut.set_result(words[1:])
         except (asyncssh.Error, OSError) as exc:
             error = exc
         if self._proc is proc:
             self._proc = None
-        ended = self._ended(error)
-        for fut in list(self._waiting.values()):
-            if not fut.done():
-                fut.set_exception(ended)
+        _fail(waiting, self._ended(error))
+
+    def _watch_exit(self, proc: asyncssh.SSHClientProcess[bytes]) -> None:
+        """End the session when its shell exits, not only when its channel does. sshd
+        sends the exit status (or signal) as soon as the shell is gone, but closes the
+        channel only once every process holding its output has let go of it, and a spare
+        started just before the shell was killed may hold it for a long time (blocked
+        opening a FIFO that has lost its writer, until the next session's ``bosun_fifos``
+        releases it): the requests waiting on this session fail now, and the next one
+        starts a new session. (``exit_status_received`` and ``exit_signal_received`` are
+        the session callbacks asyncssh calls; an ``SSHClientProcess`` leaves them empty.)"""
+        waiting = self._waiting
+        loop = asyncio.get_running_loop()
+
+        def exited(*_: object) -> None:
+            loop.call_soon(self._exited, proc, waiting)
+
+        proc.exit_status_received = exited  # type: ignore[method-assign,assignment]
+        proc.exit_signal_received = exited  # type: ignore[method-assign,assignment]
+
+    def _exited(
+        self,
+        proc: asyncssh.SSHClientProcess[bytes],
+        waiting: dict[int, asyncio.Future[list[str]]],
+    ) -> None:
+        if self._proc is proc:
+            self._proc = None
+            self._idle.clear()
+            self._filling.clear()
+            for task in (self._reader, self._stderr):
+                if task is not None:
+                    task.cancel()
+            self._reader = self._stderr = None
+        proc.close()
+        _fail(waiting, self._ended(None))
 
     async def _drain(self, proc: asyncssh.SSHClientProcess[bytes]) -> None:
         with contextlib.suppress(asyncssh.Error, OSError):
@@ -292,13 +332,17 @@ class HostSession:
         self._reader = self._stderr = None
         if proc is not None:
             proc.close()
-        ended = self._ended(None)
-        for fut in list(self._waiting.values()):
-            if not fut.done():
-                fut.set_exception(ended)
+        _fail(self._waiting, self._ended(None))
 
     async def aclose(self) -> None:
         for task in list(self._refills):
             task.cancel()
         await asyncio.gather(*self._refills, return_exceptions=True)
         await self._stop()
+
+
+def _fail(waiting: dict[int, asyncio.Future[list[str]]], error: BaseException) -> None:
+    """Every request still waiting in ``waiting`` (one session's) fails with ``error``."""
+    for fut in list(waiting.values()):
+        if not fut.done():
+            fut.set_exception(error)
