@@ -80,6 +80,16 @@ async def start(
     return await provider.launch(cmd, run_dir)
 
 
+async def wait_until(condition: Callable[[], bool], limit: float = 10.0) -> None:
+    """Until ``condition()`` holds (``AssertionError`` after ``limit`` seconds: a guard
+    against a hang, not a measurement)."""
+    for _ in range(int(limit / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not within {limit}s")
+
+
 async def wait_exit(run: RunHandle, limit: float = 30.0) -> int:
     for _ in range(int(limit / 0.02)):
         code = await run.exit_code()

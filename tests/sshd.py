@@ -261,6 +261,13 @@ class SshHost:
     def log(self) -> Path:
         return self.dir / "sshd.log"
 
+    def work_dir(self) -> Path:
+        """``~/work`` on the host, owned by its user: an agent's working directory."""
+        path = self.home / "work"
+        path.mkdir(exist_ok=True)
+        os.chown(path, self.uid, self.lease.gid)
+        return path
+
     @property
     def known_hosts_line(self) -> str:
         key = self.host_key.export_public_key("openssh").decode().split()

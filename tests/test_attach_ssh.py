@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -48,13 +47,6 @@ async def provider(host: SshHost, table: HostConfig, tmp_path: Path) -> AsyncIte
     await p.aclose()
 
 
-def work_dir(host: SshHost) -> Path:
-    path = host.home / "work"
-    path.mkdir(exist_ok=True)
-    os.chown(path, host.uid, host.lease.gid)
-    return path
-
-
 async def launch(
     provider: SshProvider, key: str, script: str, cwd: Path
 ) -> tuple[RunHandle, TmuxSession]:
@@ -96,7 +88,7 @@ def run_on(host: str, handle: RunHandle, session: TmuxSession) -> Run:
 async def test_tmux_run_on_an_ssh_host_and_attach_over_ssh(
     provider: SshProvider, host: SshHost, table: HostConfig, tmp_path: Path, ssh_client_home: Path
 ) -> None:
-    work = work_dir(host)
+    work = host.work_dir()
     go = work / "go"
     script = f"echo hello-over-ssh; while [ ! -e {go} ]; do sleep 0.05; done; echo bye; exit 4"
     handle, session = await launch(provider, "task-1-attempt-1", script, work)
@@ -141,7 +133,7 @@ async def test_tmux_run_on_an_ssh_host_and_attach_over_ssh(
 async def test_tmux_cancel_on_an_ssh_host_kills_the_group(
     provider: SshProvider, host: SshHost
 ) -> None:
-    work = work_dir(host)
+    work = host.work_dir()
     script = "sleep 300 & echo $! > child; wait"
     handle, session = await launch(provider, "task-2-attempt-1", script, work)
     deadline = time.monotonic() + 15

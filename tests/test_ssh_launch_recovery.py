@@ -26,7 +26,7 @@ from bosun.providers.base import Command, RunHandle
 from bosun.providers.ssh import SshProvider
 from bosun.providers.ssh_scripts import SPARE_LINE, SPARES, env_pairs, spare_payload
 from bosun.providers.ssh_session import SessionEnded
-from tests.provider_contract import PATH_ENV, drain, start, wait_exit
+from tests.provider_contract import PATH_ENV, drain, start, wait_exit, wait_until
 from tests.sshd import SshdFleet, SshHost
 
 pytestmark = pytest.mark.ssh
@@ -53,22 +53,6 @@ async def provider(
     await p.ensure_ready()
     yield p
     await p.aclose()
-
-
-def work_dir(host: SshHost) -> Path:
-    """The agent's working directory, in the host user's home and owned by that user."""
-    path = host.home / "work"
-    path.mkdir(exist_ok=True)
-    os.chown(path, host.uid, host.lease.gid)
-    return path
-
-
-async def wait_until(condition: Callable[[], bool], limit: float = 10.0) -> None:
-    for _ in range(int(limit / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"not within {limit}s")
 
 
 async def session_started(p: SshProvider, host: SshHost) -> int:
@@ -121,7 +105,7 @@ async def test_the_shell_killed_before_the_request_launches_once_on_a_new_sessio
     """The session shell is killed as the launch request goes out (bosun has not seen it
     end yet): the request is lost with it, no cmd.json was written, so the launch goes
     once more on a new session and the agent runs once."""
-    work = work_dir(host)
+    work = host.work_dir()
     shell = await session_started(provider, host)
 
     def kill_first_launch(function: str) -> None:
@@ -141,7 +125,7 @@ async def test_a_launch_goes_once_more_only(
 ) -> None:
     """The session shell is killed as each launch request goes out: the launch is sent
     twice, then fails saying that nothing was started in the run directory."""
-    work = work_dir(host)
+    work = host.work_dir()
     await session_started(provider, host)
 
     def kill_every_launch(function: str) -> None:
@@ -165,7 +149,7 @@ async def test_a_run_handed_over_before_the_shell_died_is_followed_not_launched_
     """The wrapper (a spare, or started with setsid) has the run and answers, but its
     answer is lost and the session shell then dies: the launch finds the wrapper's pid
     in the run directory on a new session and returns that run; nothing starts twice."""
-    work = work_dir(host)
+    work = host.work_dir()
     dropped: list[bytes] = []
     shell: list[int] = []
     real_read = provider.session._read
@@ -206,7 +190,7 @@ async def test_cmd_json_without_a_wrapper_fails_naming_the_run_directory(
     """The session shell dies after it created cmd.json and before any wrapper had the
     run (it is held up writing a run file into a FIFO, and killed there): no pid ever
     comes, so the launch fails with what was found and where, and starts nothing."""
-    work = work_dir(host)
+    work = host.work_dir()
     monkeypatch.setattr(ssh_module, "STARTED_WAIT", 0.3)
     shell = await session_started(provider, host)
     run_dir = await provider.run_dir("cut-off")
@@ -253,7 +237,7 @@ async def test_a_spare_given_a_launch_cut_off_by_the_shells_death_runs_none_of_i
     runs none of it (a bare ``bosun_run`` line would have run the agent with fewer
     words) and ends, and the launch fails as one whose shell died before a wrapper had
     the run."""
-    work = work_dir(host)
+    work = host.work_dir()
     monkeypatch.setattr(ssh_module, "STARTED_WAIT", 0.3)
     table = sshd.host_table(host, spares=True)
     p = SshProvider(host.name, HostConfig(**table), str(tmp_path / "state"))

@@ -30,6 +30,7 @@ from tests.provider_contract import (
     start,
     wait_exit,
     wait_file,
+    wait_until,
 )
 from tests.sshd import SshdFleet, SshHost
 
@@ -555,14 +556,6 @@ async def test_a_launch_waits_for_its_directories(
 
 
 # -- spares ------------------------------------------------------------------------------
-async def wait_until(condition: Callable[[], bool], limit: float = 10.0) -> None:
-    for _ in range(int(limit / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"not within {limit}s")
-
-
 def spare_pids(host: SshHost) -> list[int]:
     """Pids of the host's waiting spares (``/bin/sh -c SPARE bosun-spare ID``)."""
     return [p for p, _g, a in host.processes() if a[:1] == ["/bin/sh"] and "bosun-spare" in a]
