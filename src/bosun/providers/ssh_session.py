@@ -293,15 +293,21 @@ class HostSession:
         waiting: dict[int, asyncio.Future[list[str]]],
     ) -> None:
         if self._proc is proc:
-            self._proc = None
-            self._idle.clear()
-            self._filling.clear()
-            for task in (self._reader, self._stderr):
-                if task is not None:
-                    task.cancel()
-            self._reader = self._stderr = None
+            self._forget()
         proc.close()
         _fail(waiting, self._ended(None))
+
+    def _forget(self) -> asyncssh.SSHClientProcess[bytes] | None:
+        """Let go of the current session (its spares, its reader): its process, for the
+        caller to close; the next request starts a new session."""
+        proc, self._proc = self._proc, None
+        self._idle.clear()
+        self._filling.clear()
+        for task in (self._reader, self._stderr):
+            if task is not None:
+                task.cancel()
+        self._reader = self._stderr = None
+        return proc
 
     async def _drain(self, proc: asyncssh.SSHClientProcess[bytes]) -> None:
         with contextlib.suppress(asyncssh.Error, OSError):
@@ -323,13 +329,7 @@ class HostSession:
         )
 
     async def _stop(self) -> None:
-        proc, self._proc = self._proc, None
-        self._idle.clear()
-        self._filling.clear()
-        for task in (self._reader, self._stderr):
-            if task is not None:
-                task.cancel()
-        self._reader = self._stderr = None
+        proc = self._forget()
         if proc is not None:
             proc.close()
         _fail(self._waiting, self._ended(None))
