@@ -491,13 +491,14 @@ async def _p2(
     meter: CpuMeter,
 ) -> dict[str, Any]:
     n = sizes.p2
-    mark = meter.read()
+    start = meter.read()
     par = await parallel_p2(root, hosts, n)
-    par_cpu, mark = meter.read() - mark, meter.read()
+    after_par = meter.read()
     took, submitted = await bosun_p2(root, tables, n, queued=True)
-    ours_cpu, mark = meter.read() - mark, meter.read()  # (with the submits before)
+    after_ours = meter.read()  # (with the submits before)
     floor = await floor_p2(hosts, n)
-    floor_cpu = meter.read() - mark
+    par_cpu, ours_cpu = after_par - start, after_ours - after_par
+    floor_cpu = meter.read() - after_ours
     live, live_submits = await bosun_p2(root, tables, n, queued=False)
     ratio = par / took
     print(f"\n8. P2: {n} no-op tasks over {HOSTS} sshd hosts, {PER_HOST} at a time per host")

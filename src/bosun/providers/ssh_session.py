@@ -136,10 +136,7 @@ class HostSession:
         except (asyncssh.Error, OSError, BrokenPipeError) as exc:
             # The channel is closed before the reader saw its end: the next request starts
             # a new session rather than writing to this one again.
-            if self._proc is proc:
-                self._proc = None
-                proc.close()
-            raise self._ended(exc) from exc
+            raise self._lost(proc, waiting, exc) from exc
         finally:
             waiting.pop(request_id, None)
 
@@ -282,20 +279,26 @@ class HostSession:
         loop = asyncio.get_running_loop()
 
         def exited(*_: object) -> None:
-            loop.call_soon(self._exited, proc, waiting)
+            loop.call_soon(self._lost, proc, waiting, None)
 
         proc.exit_status_received = exited  # type: ignore[method-assign,assignment]
         proc.exit_signal_received = exited  # type: ignore[method-assign,assignment]
 
-    def _exited(
+    def _lost(
         self,
         proc: asyncssh.SSHClientProcess[bytes],
         waiting: dict[int, asyncio.Future[list[str]]],
-    ) -> None:
+        exc: BaseException | None,
+    ) -> HostUnreachable | SessionEnded:
+        """Session ``proc`` is gone (its shell exited, or writing to it failed): let go
+        of it if it is the current one, close it, and fail its requests (``waiting``)
+        with the error, which is returned."""
         if self._proc is proc:
             self._forget()
         proc.close()
-        _fail(waiting, self._ended(None))
+        ended = self._ended(exc)
+        _fail(waiting, ended)
+        return ended
 
     def _forget(self) -> asyncssh.SSHClientProcess[bytes] | None:
         """Let go of the current session (its spares, its reader): its process, for the
